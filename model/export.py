@@ -1,0 +1,194 @@
+"""The exported SavedModel: its signatures, its extras, and how to load it.
+
+Layout written (the layout TF Serving polls):
+
+    <export dir>/<version>/saved_model.pb, variables/, fingerprint.pb
+    <export dir>/<version>/assets.extra/tf_serving_warmup_requests
+    <export dir>/<version>/assets.extra/model_card.json, config.toml
+
+Signatures:
+
+* `serving_default` (predict): `text` string `[None]` → `probabilities`
+  float32 `[None, C]`, `label` string `[None]`, `class_id` int64 `[None]`,
+  `score` float32 `[None]`.
+* `classify` (`tensorflow/serving/classify`): `inputs` serialized
+  `tf.Example`s with a bytes feature `text` → `classes` string `[None, C]`,
+  `scores` float32 `[None, C]`, as TF Serving's Classify API expects.
+
+The vocabulary, stopwords and label names are graph constants and tables, so
+the directory is self-contained.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the text ops the graph uses)
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from model.network import TextClassifier
+from preprocessing import names
+
+
+class ServingModule(tf.Module):
+    """The signatures exported around a trained `TextClassifier`."""
+
+    def __init__(self, classifier: TextClassifier):
+        super().__init__(name="serving")
+        self.classifier = classifier
+        # A variable, not a constant, so the reloaded object still exposes the
+        # names (`loaded.label_names`) besides the graph using them.
+        self.label_names = tf.Variable(classifier.label_names, dtype=tf.string, trainable=False, name="label_names")
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.TEXT_KEY)])
+    def predict(self, text):
+        """Raw documents → probabilities, top label, its index and its score."""
+        probabilities = self.classifier(text)  # [batch, classes]
+        class_id = tf.argmax(probabilities, axis=-1)  # int64 [batch]
+        return {
+            names.PROBABILITIES: probabilities,
+            names.PREDICTED_LABEL: tf.gather(self.label_names, class_id),
+            names.CLASS_ID: class_id,
+            names.SCORE: tf.reduce_max(probabilities, axis=-1),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.CLASSIFY_INPUT)])
+    def classify(self, inputs):
+        """Serialized `tf.Example`s with a bytes feature `text` → every class and its score."""
+        features = tf.io.parse_example(
+            inputs, {names.TEXT_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
+        )
+        scores = self.classifier(features[names.TEXT_KEY])  # [batch, classes]
+        classes = tf.tile(self.label_names[tf.newaxis, :], [tf.shape(inputs)[0], 1])
+        return {names.CLASSES: classes, names.SCORES: scores}
+
+
+def _set_method_name(version_dir: Path, signature: str, method_name: str) -> None:
+    """Rewrites one signature's method_name, which `tf.saved_model.save` always sets to predict.
+
+    The fingerprint covers saved_model.pb, so it is recomputed afterwards.
+    """
+    pb_path = version_dir / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(pb_path.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        meta_graph.signature_def[signature].method_name = method_name
+    pb_path.write_bytes(saved_model.SerializeToString())
+    (version_dir / "fingerprint.pb").write_bytes(fingerprinting.CreateFingerprintDef(str(version_dir)))
+
+
+def write_warmup_requests(version_dir: Path, texts: Sequence[str], model_name: str) -> Path:
+    """Writes TF Serving warmup records: one Predict request per sample text.
+
+    TF Serving (and our server) replays them when loading the version, so the
+    first real request does not pay for graph initialisation.
+    """
+    path = version_dir / names.ASSETS_EXTRA / names.WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for text in texts:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=names.PREDICT_SIGNATURE)
+            )
+            request.inputs[names.TEXT_KEY].CopyFrom(tf.make_tensor_proto([text], dtype=tf.string))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def export(classifier: TextClassifier, version_dir: Path) -> ServingModule:
+    """Saves the classifier as a self-contained SavedModel with both signatures.
+
+    Args:
+      classifier: an adapted, trained classifier.
+      version_dir: `<export dir>/<version>`; must not exist yet.
+
+    Returns:
+      The in-memory `ServingModule` that was saved (for verification).
+    """
+    if version_dir.exists():
+        raise FileExistsError(f"{version_dir} already exists; refusing to overwrite an exported version.")
+    module = ServingModule(classifier)
+    tf.saved_model.save(
+        module,
+        str(version_dir),
+        signatures={
+            names.PREDICT_SIGNATURE: module.predict.get_concrete_function(),
+            names.CLASSIFY_SIGNATURE: module.classify.get_concrete_function(),
+        },
+    )
+    _set_method_name(version_dir, names.CLASSIFY_SIGNATURE, names.CLASSIFY_METHOD)
+    return module
+
+
+def write_model_card(version_dir: Path, card: dict) -> Path:
+    """Writes `assets.extra/model_card.json` (TF Serving ignores assets.extra)."""
+    path = version_dir / names.ASSETS_EXTRA / names.MODEL_CARD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    return path
+
+
+def read_model_card(version_dir: str | Path) -> dict:
+    """Reads the model card of an exported version ({} when there is none)."""
+    path = Path(version_dir) / names.ASSETS_EXTRA / names.MODEL_CARD_FILE
+    return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+
+
+def resolve_version_dir(path: str | Path) -> Path:
+    """Accepts a version directory, or an export directory and picks its highest version.
+
+    Raises:
+      FileNotFoundError: if neither a saved_model.pb nor numbered versions are there.
+    """
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted(
+        (int(child.name), child)
+        for child in path.iterdir() if child.name.isdigit() and (child / "saved_model.pb").is_file()
+    ) if path.is_dir() else []
+    if not versions:
+        raise FileNotFoundError(
+            f"{path}: no SavedModel here (expected saved_model.pb, or numbered version "
+            f"directories such as {path}/1/saved_model.pb). Pass --model RUN/export or RUN/export/<version>."
+        )
+    return versions[-1][1]
+
+
+class ExportedModel:
+    """An exported version loaded in-process, called through its `serving_default`.
+
+    This is the same signature TF Serving runs, so evaluation, `predict` and
+    batch scoring see exactly what a served model answers.
+
+    Args:
+      path: a version directory, or an export directory (highest version).
+    """
+
+    def __init__(self, path: str | Path):
+        self.version_dir = resolve_version_dir(path)
+        self._loaded = tf.saved_model.load(str(self.version_dir))  # owns the tables
+        self.predict_fn = self._loaded.signatures[names.PREDICT_SIGNATURE]
+        self.card = read_model_card(self.version_dir)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Class names in probability order, read from the graph itself."""
+        return [label.decode("utf-8") for label in self._loaded.label_names.numpy()]
+
+    def predict(self, texts: Sequence[str], batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Runs `serving_default` over texts in batches; returns numpy outputs by name."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(texts), batch_size):
+            outputs = self.predict_fn(text=tf.constant(list(texts[start : start + batch_size]), tf.string))
+            for key, value in outputs.items():
+                parts.setdefault(key, []).append(value.numpy())
+        if not parts:
+            return {}
+        return {key: np.concatenate(values) for key, values in parts.items()}

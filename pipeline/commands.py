@@ -1,0 +1,160 @@
+"""Sub-commands of the training side: train, evaluate, predict, data fetch.
+
+Each command builds the frozen config at this entry point (defaults <
+--config FILE < --set KEY=VALUE) and passes it down; nothing below reads flags
+or the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import load_config, valid_keys
+
+_CONFIG_HELP = "TOML file with [section] tables (see README, 'Configuration')"
+_SET_HELP = "override one setting, e.g. --set model.arch=tfidf (repeatable)"
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                        help=_SET_HELP)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"textserve: error: {message}", file=sys.stderr)
+    return code
+
+
+def register(subparsers) -> None:
+    """Adds train, evaluate, predict and data to the `textserve` parser."""
+    keys = ", ".join(valid_keys())
+
+    train = subparsers.add_parser(
+        "train", help="train, export and verify a model (ingest → split → train → export → verify)",
+        description="Train a classifier and export one raw-string SavedModel to RUN_DIR/export/<version>/. "
+        f"Settable keys: {keys}.",
+    )
+    train.add_argument("--data", required=True, metavar="PATH",
+                       help="class-folder directory (e.g. ../shared/data/bbc) or CSV/TSV/JSONL file")
+    train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<timestamp>)")
+    train.add_argument("--quiet", action="store_true", help="no per-step Keras progress bars")
+    _add_config_args(train)
+    train.set_defaults(run=_run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="metrics of an exported model on any labelled dataset",
+        description="Run an exported model's serving_default on labelled data and print accuracy, "
+        "macro-F1, per-class figures and the confusion matrix.",
+    )
+    evaluate.add_argument("--model", required=True, metavar="EXPORT_DIR",
+                          help="RUN/export (highest version) or RUN/export/<version>")
+    evaluate.add_argument("--data", required=True, metavar="PATH", help="labelled data, as for train")
+    evaluate.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
+    _add_config_args(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
+
+    predict = subparsers.add_parser(
+        "predict", help="classify texts with an exported model (label<TAB>score per input)",
+        description="Classify the TEXT arguments, or one document per line of stdin when none are given.",
+    )
+    predict.add_argument("--model", required=True, metavar="EXPORT_DIR",
+                         help="RUN/export (highest version) or RUN/export/<version>")
+    predict.add_argument("texts", nargs="*", metavar="TEXT")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.set_defaults(run=_run_predict)
+
+    data = subparsers.add_parser("data", help="dataset utilities",
+                                 description="Dataset utilities.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_sub.add_parser(
+        "fetch", help="download a dataset into the cache and print its path",
+        description="Download the BBC News archive, check it (2,225 documents, 5 classes), "
+        "and print the folder to pass to --data.",
+    )
+    fetch.add_argument("name", choices=["bbc"])
+    default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textserve"
+    fetch.add_argument("--cache-dir", type=Path, default=default_cache, help=f"default: {default_cache}")
+    fetch.add_argument("--url", help="archive URL (default: the official BBC archive)")
+    fetch.add_argument("--timeout", type=float, default=60.0, help="seconds (default: 60)")
+    fetch.set_defaults(run=_run_fetch)
+
+
+def _run_train(args) -> int:
+    from pipeline.data import DataError
+    from pipeline.train import VerificationError, train
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ValueError as error:
+        return _fail(str(error))
+    run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
+    verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
+    try:
+        result = train(config, args.data, run_dir, verbose=verbose)
+    except (DataError, FileExistsError) as error:
+        return _fail(str(error))
+    except VerificationError as error:
+        return _fail(str(error), code=1)
+    test = result.metrics["test"]
+    print(
+        f"\ndone in {result.seconds:.0f}s: test accuracy {test['accuracy']:.4f}, macro-F1 "
+        f"{test['macro_f1']:.4f} ({test['count']} documents)\n"
+        f"export: {result.version_dir}\n"
+        f"plots:  {run_dir / 'history.png'}, {run_dir / 'confusion_matrix.png'}\n"
+        f"try:    textserve predict --model {result.version_dir.parent} \"Shares rose after the merger\""
+    )
+    return 0
+
+
+def _run_evaluate(args) -> int:
+    from model.export import ExportedModel
+    from pipeline.data import DataError, ingest
+    from pipeline.evaluate import classification_metrics, format_metrics
+    from preprocessing import names
+
+    try:
+        config = load_config(args.config, args.overrides)
+        model = ExportedModel(args.model)
+        data = ingest(args.data, config.data, deduplicate=False)
+    except (ValueError, FileNotFoundError, DataError) as error:
+        return _fail(str(error))
+    predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
+    metrics = classification_metrics(data.labels, predicted, model.label_names)
+    metrics["data_report"] = {k: data.report[k] for k in ("records_read", "records_kept", "dropped_by_reason")}
+    print(format_metrics(f"{args.data} on {model.version_dir}", metrics))
+    print("confusion matrix (rows true, columns predicted):", json.dumps(metrics["confusion_matrix"]))
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2) + "\n", "utf-8")
+    return 0
+
+
+def _run_predict(args) -> int:
+    from model.export import ExportedModel
+    from preprocessing import names
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
+    try:
+        model = ExportedModel(args.model)
+    except FileNotFoundError as error:
+        return _fail(str(error))
+    outputs = model.predict(texts, args.batch_size)
+    for label, score in zip(outputs.get(names.PREDICTED_LABEL, []), outputs.get(names.SCORE, [])):
+        print(f"{label.decode('utf-8')}\t{score:.4f}")
+    return 0
+
+
+def _run_fetch(args) -> int:
+    from pipeline.fetch import BBC_URL, FetchError, fetch_bbc
+
+    try:
+        path = fetch_bbc(args.cache_dir, args.url or BBC_URL, args.timeout)
+    except FetchError as error:
+        return _fail(str(error), code=1)
+    print(path)
+    return 0

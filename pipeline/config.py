@@ -1,0 +1,283 @@
+"""The one frozen configuration object, built at the entry point and passed down.
+
+Hyperparameters sit at the top of each section, with the BBC News tutorial's
+values as defaults. A run resolves its config once:
+
+    defaults  <  TOML file (--config)  <  --set section.key=value overrides
+
+and writes the result to `<run>/config.toml` and into the SavedModel's
+`assets.extra/`, so every artifact says exactly how it was made. Unknown
+sections or keys are rejected with the list of valid ones.
+
+The key names below are a public interface: other commands and users' scripts
+set them (`data.format`, `data.text_column`, `data.label_column`, `split.seed`,
+`preprocessing.max_tokens`, `preprocessing.sequence_length`,
+`preprocessing.stopwords`, `model.arch`, `train.epochs`, `train.batch_size`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DATA_FORMATS = ("auto", "folder", "csv", "tsv", "jsonl")
+ARCHITECTURES = ("bilstm", "tfidf")
+
+# Settings whose best value depends on the architecture. They apply unless the
+# file or a --set gives the key explicitly; the resolved value is what
+# config.toml records. A linear model on L2-normalised TF-IDF rows needs a far
+# larger step and more passes than the tutorial's BiLSTM.
+ARCH_DEFAULTS = {
+    "bilstm": {},
+    "tfidf": {"train.learning_rate": 0.05, "train.epochs": 30, "train.early_stopping_patience": 5},
+}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where documents come from and how records are read."""
+
+    format: str = "auto"  # auto: folder for directories, else by file extension
+    text_column: tuple[str | int, ...] = ("text",)  # several columns are joined with a space
+    label_column: str | int = "label"
+    id_column: str | int = ""  # "" = derive ids from file and line
+    header: bool = True  # CSV/TSV: first row holds column names
+    fallback_encoding: str = "latin-1"  # for files that are not valid UTF-8 (reported)
+
+    def __post_init__(self):
+        _check_choice("data.format", self.format, DATA_FORMATS)
+        columns = self.text_column
+        if isinstance(columns, (str, int)):
+            columns = (columns,)
+        if not columns:
+            raise ValueError("`data.text_column` must name at least one column, received [].")
+        object.__setattr__(self, "text_column", tuple(columns))
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Stratified, seeded train/validation/test split (after deduplication)."""
+
+    seed: int = 42
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+
+    def __post_init__(self):
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ValueError(f"`split.{name}` must be in (0, 0.5), received {value!r}.")
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """In-graph text preprocessing (see preprocessing/text.py)."""
+
+    max_tokens: int = 5000  # vocabulary limit, padding and OOV included
+    sequence_length: int = 200
+    stopwords: str = "english"  # "english", "none", or a file with one word per line
+    padding: str = "post"
+    truncating: str = "post"
+
+    def __post_init__(self):
+        if self.max_tokens < 3:
+            raise ValueError(f"`preprocessing.max_tokens` must be >= 3, received {self.max_tokens!r}.")
+        if self.sequence_length < 1:
+            raise ValueError(
+                f"`preprocessing.sequence_length` must be >= 1, received {self.sequence_length!r}."
+            )
+        _check_choice("preprocessing.padding", self.padding, ("post", "pre"))
+        _check_choice("preprocessing.truncating", self.truncating, ("post", "pre"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network architecture; `arch` picks the builder in model/network.py."""
+
+    arch: str = "bilstm"
+    embedding_dim: int = 64
+    lstm_units: int = 64
+    dense_units: int = 64
+    ngrams: int = 2  # tfidf: unigrams and bigrams
+    tfidf_max_tokens: int = 20000  # tfidf: its own vocabulary (n-grams need more room)
+    dropout: float = 0.5  # tfidf: dropout on the TF-IDF features
+
+    def __post_init__(self):
+        _check_choice("model.arch", self.arch, ARCHITECTURES)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation; early stopping restores the best validation-loss weights."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    early_stopping_patience: int = 3
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"`train.epochs` and `train.batch_size` must be >= 1, received "
+                f"{self.epochs!r} and {self.batch_size!r}."
+            )
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The SavedModel written to `<run>/export/<version>/`."""
+
+    version: int = 1
+    model_name: str = "bbc_news"  # the name TF Serving serves it under
+    warmup_records: int = 5
+    verify_tolerance: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """Gate for `textserve push`: absolute floors and allowed regression."""
+
+    min_accuracy: float = 0.9
+    min_macro_f1: float = 0.9
+    max_regression: float = 0.01
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of a run, in sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as plain TOML-ready values (tuples become lists)."""
+        return {
+            section.name: {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(getattr(self, section.name)).items()
+            }
+            for section in dataclasses.fields(self)
+        }
+
+    def to_toml(self) -> str:
+        """The config as a TOML document that `load_config` reads back."""
+        return tomli_w.dumps(self.to_dict())
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved config, for lineage records."""
+        return hashlib.sha256(self.to_toml().encode("utf-8")).hexdigest()[:16]
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{key}` must be one of {list(choices)}, received {value!r}.")
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(PipelineConfig)}
+
+
+def valid_keys() -> list[str]:
+    """Every settable `section.key`, for error messages and --help."""
+    return [
+        f"{section}.{f.name}"
+        for section, cls in _sections().items()
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    """Splits `section.key=value`; the value is read as a TOML literal when it is one."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ValueError(f"--set expects section.key=value, received {item!r}.")
+    dotted, raw = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string, e.g. model.arch=tfidf
+    return section, key, value
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Checks a value against its default's type, converting the safe cases."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"`{key}` must be true or false, received {value!r}.")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, tuple):
+        return tuple(value) if isinstance(value, list) else (value,)
+    if key in ("data.label_column", "data.id_column") and isinstance(value, (str, int)):
+        return value
+    if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+        raise ValueError(
+            f"`{key}` must be of type {type(default).__name__}, received {value!r}."
+        )
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+    """Resolves defaults, an optional TOML file and `--set` overrides into one config.
+
+    Args:
+      path: a TOML file with `[section]` tables, or None for defaults only.
+      overrides: `section.key=value` strings, applied after the file.
+
+    Returns:
+      The frozen `PipelineConfig`.
+
+    Raises:
+      ValueError: naming the unknown section or key (with the valid ones), or
+        the key whose value has the wrong type or is out of range.
+    """
+    values: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ValueError(f"cannot read config file {path}: {error}") from error
+        for section, table in document.items():
+            if not isinstance(table, dict):
+                raise ValueError(f"{path}: `{section}` must be a [section] table.")
+            for key, value in table.items():
+                values.setdefault(section, {})[key] = value
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        values.setdefault(section, {})[key] = value
+
+    arch = values.get("model", {}).get("arch", ModelConfig.arch)
+    for dotted, value in ARCH_DEFAULTS.get(arch, {}).items():
+        section, key = dotted.split(".")
+        values.setdefault(section, {}).setdefault(key, value)
+
+    sections = _sections()
+    built = {}
+    for section, table in values.items():
+        if section not in sections:
+            raise ValueError(f"unknown config section [{section}]; valid sections: {', '.join(sections)}.")
+        defaults = sections[section]()
+        known = {f.name for f in dataclasses.fields(defaults)}
+        for key in table:
+            if key not in known:
+                raise ValueError(
+                    f"unknown config key `{section}.{key}`; valid keys: {', '.join(valid_keys())}."
+                )
+        coerced = {
+            key: _coerce(f"{section}.{key}", value, getattr(defaults, key)) for key, value in table.items()
+        }
+        built[section] = dataclasses.replace(defaults, **coerced)
+    return PipelineConfig(**built)

@@ -1,0 +1,70 @@
+"""The frozen config: defaults, file and --set layering, validation, round trip."""
+
+import dataclasses
+
+import pytest
+
+from pipeline.config import PipelineConfig, load_config, valid_keys
+
+PUBLIC_KEYS = [
+    "data.format", "data.text_column", "data.label_column", "split.seed", "preprocessing.max_tokens",
+    "preprocessing.sequence_length", "preprocessing.stopwords", "model.arch", "train.epochs", "train.batch_size",
+]
+
+
+def test_defaults_are_the_tutorials():
+    config = load_config()
+    assert (config.preprocessing.max_tokens, config.preprocessing.sequence_length) == (5000, 200)
+    assert (config.preprocessing.padding, config.preprocessing.truncating) == ("post", "post")
+    assert config.model.arch == "bilstm" and config.train.epochs == 10
+    assert (config.model.embedding_dim, config.model.lstm_units, config.model.dense_units) == (64, 64, 64)
+
+
+def test_public_keys_exist():
+    assert set(PUBLIC_KEYS) <= set(valid_keys())
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nepochs = 3\nbatch_size = 8\n[data]\ntext_column = ["title", "body"]\n')
+    config = load_config(path, ["train.epochs=5", "data.label_column=2", "model.arch=tfidf"])
+    assert config.train.epochs == 5 and config.train.batch_size == 8
+    assert config.data.text_column == ("title", "body") and config.data.label_column == 2
+    assert config.model.arch == "tfidf"
+
+
+def test_architecture_defaults_apply_unless_set():
+    assert load_config(None, ["model.arch=tfidf"]).train.learning_rate == 0.05
+    assert load_config(None, ["model.arch=tfidf", "train.learning_rate=0.2"]).train.learning_rate == 0.2
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown config key `train.epoch`.*train\.epochs"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ValueError, match=r"unknown config section \[trian\]"):
+        load_config(None, ["trian.epochs=3"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=three", "train.epochs` must be of type int"),
+        ("model.arch=transformer", "model.arch` must be one of"),
+        ("split.test_fraction=0.7", "split.test_fraction` must be in"),
+        ("data.header=yes", "data.header` must be true or false"),
+        ("nodot=1", "section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_toml_round_trip_and_frozen(tmp_path):
+    config = load_config(None, ["model.arch=tfidf", "data.text_column=[1, 2]", "data.header=false"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(config.to_toml())
+    assert load_config(path) == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.epochs = 1  # type: ignore[misc]
+    assert PipelineConfig().fingerprint() == load_config().fingerprint()
