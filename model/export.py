@@ -25,6 +25,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the text ops the graph uses)
@@ -36,37 +37,44 @@ from model.network import TextClassifier
 from preprocessing import names
 
 
-class ServingModule(tf.Module):
-    """The signatures exported around a trained `TextClassifier`."""
+class _LabelNames(tf.Module):
+    """Holds the class names as a variable, so the graph maps ids to names itself."""
+
+    def __init__(self, label_names: list[str]):
+        super().__init__(name="labels")
+        self.label_names = tf.Variable(label_names, dtype=tf.string, trainable=False, name="label_names")
+
+
+class ServingFunctions:
+    """The functions exported as signatures around a trained `TextClassifier`."""
 
     def __init__(self, classifier: TextClassifier):
-        super().__init__(name="serving")
         self.classifier = classifier
-        # A variable, not a constant, so the reloaded object still exposes the
-        # names (`loaded.label_names`) besides the graph using them.
-        self.label_names = tf.Variable(classifier.label_names, dtype=tf.string, trainable=False, name="label_names")
+        self.labels = _LabelNames(classifier.label_names)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.TEXT_KEY)])
     def predict(self, text):
         """Raw documents → probabilities, top label, its index and its score."""
         probabilities = self.classifier(text)  # [batch, classes]
         class_id = tf.argmax(probabilities, axis=-1)  # int64 [batch]
         return {
             names.PROBABILITIES: probabilities,
-            names.PREDICTED_LABEL: tf.gather(self.label_names, class_id),
+            names.PREDICTED_LABEL: tf.gather(self.labels.label_names, class_id),
             names.CLASS_ID: class_id,
             names.SCORE: tf.reduce_max(probabilities, axis=-1),
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=names.CLASSIFY_INPUT)])
     def classify(self, inputs):
         """Serialized `tf.Example`s with a bytes feature `text` → every class and its score."""
         features = tf.io.parse_example(
             inputs, {names.TEXT_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
         )
         scores = self.classifier(features[names.TEXT_KEY])  # [batch, classes]
-        classes = tf.tile(self.label_names[tf.newaxis, :], [tf.shape(inputs)[0], 1])
+        classes = tf.tile(self.labels.label_names[tf.newaxis, :], [tf.shape(inputs)[0], 1])
         return {names.CLASSES: classes, names.SCORES: scores}
+
+
+_PREDICT_INPUT = [tf.TensorSpec([None], tf.string, name=names.TEXT_KEY)]
+_CLASSIFY_INPUT = [tf.TensorSpec([None], tf.string, name=names.CLASSIFY_INPUT)]
 
 
 def _set_method_name(version_dir: Path, signature: str, method_name: str) -> None:
@@ -101,29 +109,34 @@ def write_warmup_requests(version_dir: Path, texts: Sequence[str], model_name: s
     return path
 
 
-def export(classifier: TextClassifier, version_dir: Path) -> ServingModule:
+def export(classifier: TextClassifier, version_dir: Path):
     """Saves the classifier as a self-contained SavedModel with both signatures.
+
+    Keras's `ExportArchive` is used rather than `tf.saved_model.save` on a
+    module: it tracks each layer's variables directly, which is what graph
+    loaders (TF Serving's C++ loader, `tf.compat.v1` sessions) need to restore
+    them; a module holding Keras 3 layers exports handles they cannot restore.
 
     Args:
       classifier: an adapted, trained classifier.
       version_dir: `<export dir>/<version>`; must not exist yet.
 
     Returns:
-      The in-memory `ServingModule` that was saved (for verification).
+      The in-memory `serving_default` function (a `tf.function`), for verification.
     """
     if version_dir.exists():
         raise FileExistsError(f"{version_dir} already exists; refusing to overwrite an exported version.")
-    module = ServingModule(classifier)
-    tf.saved_model.save(
-        module,
-        str(version_dir),
-        signatures={
-            names.PREDICT_SIGNATURE: module.predict.get_concrete_function(),
-            names.CLASSIFY_SIGNATURE: module.classify.get_concrete_function(),
-        },
-    )
+    functions = ServingFunctions(classifier)
+    archive = keras.export.ExportArchive()
+    for layer in (classifier.standardizer, classifier.vectorizer, classifier.fitter, classifier.network):
+        if layer is not None:
+            archive.track(layer)  # lookup tables and weights
+    archive.track(functions.labels)
+    archive.add_endpoint(names.PREDICT_SIGNATURE, functions.predict, input_signature=_PREDICT_INPUT)
+    archive.add_endpoint(names.CLASSIFY_SIGNATURE, functions.classify, input_signature=_CLASSIFY_INPUT)
+    archive.write_out(str(version_dir), verbose=False)
     _set_method_name(version_dir, names.CLASSIFY_SIGNATURE, names.CLASSIFY_METHOD)
-    return module
+    return tf.function(functions.predict, input_signature=_PREDICT_INPUT)
 
 
 def write_model_card(version_dir: Path, card: dict) -> Path:
@@ -179,8 +192,10 @@ class ExportedModel:
 
     @property
     def label_names(self) -> list[str]:
-        """Class names in probability order, read from the graph itself."""
-        return [label.decode("utf-8") for label in self._loaded.label_names.numpy()]
+        """Class names in probability order, read from the graph itself (the `classify` classes)."""
+        empty = tf.train.Example().SerializeToString()
+        classes = self._loaded.signatures[names.CLASSIFY_SIGNATURE](inputs=tf.constant([empty]))[names.CLASSES]
+        return [label.decode("utf-8") for label in classes.numpy()[0]]
 
     def predict(self, texts: Sequence[str], batch_size: int = 256) -> dict[str, np.ndarray]:
         """Runs `serving_default` over texts in batches; returns numpy outputs by name."""

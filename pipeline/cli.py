@@ -23,6 +23,7 @@ import sys
 # Modules that define `register(subparsers)`; order is the order in --help.
 _COMMAND_MODULES = (
     "pipeline.commands",
+    "pipeline.demo",
 )
 
 # Sub-commands whose arguments are passed verbatim to another entry point.

@@ -85,10 +85,10 @@ def _feature_dataset(
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _verify_export(module, reloaded: ExportedModel, texts: list[str], tolerance: float) -> float:
+def _verify_export(predict_fn, reloaded: ExportedModel, texts: list[str], tolerance: float) -> float:
     """Checks the reloaded SavedModel against the in-memory module; returns the max difference."""
     expected = np.concatenate([
-        module.predict(tf.constant(texts[i : i + _PREPROCESS_BATCH]))[names.PROBABILITIES].numpy()
+        predict_fn(tf.constant(texts[i : i + _PREPROCESS_BATCH]))[names.PROBABILITIES].numpy()
         for i in range(0, len(texts), _PREPROCESS_BATCH)
     ])
     actual = reloaded.predict(texts, _PREPROCESS_BATCH)[names.PROBABILITIES]
@@ -171,11 +171,11 @@ def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
     plot_history(history, run_dir / "history.png")
 
     log(f"[5/6] exporting to {version_dir}")
-    module = export(classifier, version_dir)
+    predict_fn = export(classifier, version_dir)
     warmup_texts = (test_data.texts or train_data.texts)[: config.export.warmup_records]
     write_warmup_requests(version_dir, warmup_texts, config.export.model_name)
     reloaded = ExportedModel(version_dir)
-    difference = _verify_export(module, reloaded, test_data.texts, config.export.verify_tolerance)
+    difference = _verify_export(predict_fn, reloaded, test_data.texts, config.export.verify_tolerance)
     log(f"      verified: reloaded SavedModel matches the trained model on {len(test_data.ids)} "
         f"test documents (max |Δp| {difference:.2e})")
 

@@ -104,7 +104,9 @@ class Dockerfile:
         self.from_ = [_substitute(r, self.args) for k, r in self.instructions if k == "FROM"]
         self.copies = [_substitute(r, self.args).split() for k, r in self.instructions if k == "COPY"]
         self.users = [_substitute(r, self.args) for k, r in self.instructions if k == "USER"]
-        self.exposed = [int(p.split("/")[0]) for k, r in self.instructions if k == "EXPOSE" for p in r.split()]
+        self.exposed = [
+            int(port.split("/")[0]) for k, r in self.instructions if k == "EXPOSE" for port in r.split()
+        ]
         self.healthchecks = [r for k, r in self.instructions if k == "HEALTHCHECK"]
         self.entrypoint = self._exec_form("ENTRYPOINT")
         self.cmd = self._exec_form("CMD")
@@ -112,7 +114,9 @@ class Dockerfile:
     def _exec_form(self, keyword: str) -> list[str]:
         values = [r for k, r in self.instructions if k == keyword]
         assert len(values) == 1, f"Dockerfile.serving needs exactly one {keyword}, found {len(values)}"
-        assert values[0].startswith("["), f"{keyword} must use the exec (JSON) form so signals reach the server"
+        assert values[0].startswith("["), (
+            f"{keyword} must use the exec (JSON) form so signals reach the server"
+        )
         return json.loads(values[0])
 
     def server_flags(self) -> dict[str, str]:
@@ -287,7 +291,8 @@ def test_healthcheck_asks_for_the_model_status_url(dockerfile, model_name, statu
     "status, body",
     [
         (404, b'{ "error": "Servable not found for request: Latest(bbc_news)" }'),
-        (200, b'{"model_version_status": [{"version": "1", "state": "END", "status": {"error_code": "UNKNOWN"}}]}'),
+        (200, b'{"model_version_status": [{"version": "1", "state": "END",'
+              b' "status": {"error_code": "UNKNOWN"}}]}'),
     ],
     ids=["unknown-model", "version-failed"],
 )
@@ -386,8 +391,13 @@ def _local_config_messages():
         ("enable_large_batch_splitting", 8, F.TYPE_MESSAGE, boolean, False),
         ("max_execution_batch_size", 9, F.TYPE_MESSAGE, int64, False),
     ])
-    add("PrometheusConfig", [("enable", 1, F.TYPE_BOOL, None, False), ("path", 2, F.TYPE_STRING, None, False)])
-    add("MonitoringConfig", [("prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", False)])
+    add("PrometheusConfig", [
+        ("enable", 1, F.TYPE_BOOL, None, False),
+        ("path", 2, F.TYPE_STRING, None, False),
+    ])
+    add("MonitoringConfig", [
+        ("prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", False),
+    ])
     pool.Add(file)
     return tuple(
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
@@ -472,7 +482,9 @@ def _assemble_base() -> list[dict]:
             for doc in yaml.safe_load_all((base / name).read_text(encoding="utf-8")) if doc]
     for generator in kustomization.get("configMapGenerator", []):
         data = {Path(f).name: (base / f).read_text(encoding="utf-8") for f in generator["files"]}
-        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+        docs.append({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data,
+        })
     return docs
 
 
@@ -522,7 +534,8 @@ def test_configmap_is_mounted_where_the_server_flags_read(rendered, dockerfile):
         )
     # Appended args may tune the server, never move its ports or config files.
     container_args = _container(rendered).get("args", [])
-    overridden = {a[2:].partition("=")[0] for a in container_args} & ({"port", "rest_api_port"} | set(CONFIG_FLAGS))
+    pinned = {"port", "rest_api_port"} | set(CONFIG_FLAGS)
+    overridden = {a[2:].partition("=")[0] for a in container_args} & pinned
     assert not overridden, f"the Deployment's args override {sorted(overridden)}"
     assert "command" not in _container(rendered), "keep the image's ENTRYPOINT (its flags are checked above)"
 
@@ -539,7 +552,8 @@ def test_ports_and_service_agree_with_the_image(rendered):
     ports = {p["name"]: p["containerPort"] for p in _container(rendered)["ports"]}
     assert ports == {"grpc": GRPC_PORT, "http": REST_PORT}
     service = _one(rendered, "Service")
-    assert {p["port"]: p["targetPort"] for p in service["spec"]["ports"]} == {GRPC_PORT: "grpc", REST_PORT: "http"}
+    service_ports = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
+    assert service_ports == {GRPC_PORT: "grpc", REST_PORT: "http"}
     pod_labels = _one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
@@ -579,7 +593,9 @@ def test_thread_counts_follow_the_cpu_limit(rendered):
     container = _container(rendered)
     resources = container["resources"]
     for kind in ("cpu", "memory"):
-        assert kind in resources["requests"] and kind in resources["limits"], f"set {kind} requests and limits"
+        assert kind in resources["requests"] and kind in resources["limits"], (
+            f"set {kind} requests and limits"
+        )
     limit = _cpus(resources["limits"]["cpu"])
     assert _cpus(resources["requests"]["cpu"]) <= limit
     args = dict(a[2:].partition("=")[::2] for a in container.get("args", []))
@@ -629,4 +645,5 @@ def test_docs_commands_use_the_real_names(dockerfile, model_name):
         pytest.fail("docs/deployment.md shows no `kubectl apply -k serving/k8s/...`")
     used = set(re.findall(r"--build-arg (\w+)=", text))
     assert used, "docs/deployment.md shows no --build-arg"
-    assert used <= set(dockerfile.args), f"docs pass build args {sorted(used - set(dockerfile.args))} that Dockerfile.serving does not declare"
+    undeclared = sorted(used - set(dockerfile.args))
+    assert not undeclared, f"docs pass build args {undeclared} that Dockerfile.serving does not declare"
