@@ -24,6 +24,8 @@ import sys
 _COMMAND_MODULES = (
     "pipeline.commands",
     "pipeline.demo",
+    "pipeline.score_command",
+    "pipeline.release_command",
 )
 
 # Sub-commands whose arguments are passed verbatim to another entry point.

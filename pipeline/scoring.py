@@ -74,6 +74,10 @@ class ScoringError(RuntimeError):
     """A problem that stops the run (bad input file, bad model, bad options); says what to do."""
 
 
+class RunStopped(ScoringError):
+    """A failure mid-run that is not about one record (server gone, disk full); --resume continues."""
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
     """Everything one scoring job needs, built once by `textserve score`.
@@ -568,6 +572,54 @@ class RowBatch:
     probabilities: np.ndarray | None  # float32 [rows, classes]
 
 
+def encode_rows(rows: RowBatch, output_format: str, prob_keys: Sequence[str]) -> list[bytes]:
+    """Encodes scored rows as output records: JSON objects, CSV lines or serialized tf.Examples.
+
+    Records carry no line terminator; the writer adds it. Shared by the tf.data
+    writer and the Beam pipeline so both produce the same bytes.
+    """
+    probs = rows.probabilities.tolist() if prob_keys else None
+    if output_format == "jsonl":
+        out = []
+        for i, (doc_id, label, score) in enumerate(zip(rows.ids, rows.labels, rows.scores)):
+            row = {"id": doc_id, names.PREDICTED_LABEL: label, names.SCORE: score}
+            if probs is not None:
+                row.update(zip(prob_keys, probs[i]))
+            out.append(orjson.dumps(row))
+        return out
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="")
+        out = []
+        for i, (doc_id, label, score) in enumerate(zip(rows.ids, rows.labels, rows.scores)):
+            buffer.seek(0)
+            buffer.truncate()
+            writer.writerow([doc_id, label, score, *(probs[i] if probs is not None else ())])
+            out.append(buffer.getvalue().encode("utf-8"))
+        return out
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    out = []
+    for i, (doc_id, label, score) in enumerate(zip(rows.ids, rows.labels, rows.scores)):
+        example = example_pb2.Example()
+        feature = example.features.feature
+        feature["id"].bytes_list.value.append(doc_id.encode("utf-8"))
+        feature[names.PREDICTED_LABEL].bytes_list.value.append(label.encode("utf-8"))
+        feature[names.SCORE].float_list.value.append(score)
+        if probs is not None:
+            for key, p in zip(prob_keys, probs[i]):
+                feature[key].CopyFrom(feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[p])))
+        out.append(example.SerializeToString())
+    return out
+
+
+def csv_header(prob_keys: Sequence[str]) -> str:
+    """The CSV output's header line (no terminator)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(["id", names.PREDICTED_LABEL, names.SCORE, *prob_keys])
+    return buffer.getvalue()
+
+
 class ShardWriter:
     """Writes one output shard to a hidden temporary file; `commit` renames it into place.
 
@@ -587,45 +639,20 @@ class ShardWriter:
         if output_format == "tfrecord":
             import tensorflow as tf
 
-            self._tf = tf
             self._handle = tf.io.TFRecordWriter(str(self.tmp))
         else:
             self._handle = open(self.tmp, "wb")
             if output_format == "csv":
-                self._text = io.TextIOWrapper(self._handle, encoding="utf-8", newline="", write_through=True)
-                self._csv = csv.writer(self._text)
-                self._csv.writerow(["id", names.PREDICTED_LABEL, names.SCORE, *self.prob_keys])
+                self._handle.write(csv_header(self.prob_keys).encode("utf-8") + b"\n")
 
     def write(self, rows: RowBatch) -> None:
         """Appends rows in order."""
-        probs = rows.probabilities.tolist() if self.prob_keys else None
-        if self.format == "jsonl":
-            out = []
-            for i, (doc_id, label, score) in enumerate(zip(rows.ids, rows.labels, rows.scores)):
-                row = {"id": doc_id, names.PREDICTED_LABEL: label, names.SCORE: score}
-                if probs is not None:
-                    row.update(zip(self.prob_keys, probs[i]))
-                out.append(orjson.dumps(row))
-            if out:
-                self._handle.write(b"\n".join(out) + b"\n")
-        elif self.format == "csv":
-            if probs is None:
-                self._csv.writerows(zip(rows.ids, rows.labels, rows.scores))
-            else:
-                self._csv.writerows([r, lab, s, *p] for r, lab, s, p in zip(rows.ids, rows.labels, rows.scores, probs))
-        else:
-            train = self._tf.train
-            for i, (doc_id, label, score) in enumerate(zip(rows.ids, rows.labels, rows.scores)):
-                feature = {
-                    "id": train.Feature(bytes_list=train.BytesList(value=[doc_id.encode("utf-8")])),
-                    names.PREDICTED_LABEL: train.Feature(bytes_list=train.BytesList(value=[label.encode("utf-8")])),
-                    names.SCORE: train.Feature(float_list=train.FloatList(value=[score])),
-                }
-                if probs is not None:
-                    feature.update(
-                        (key, train.Feature(float_list=train.FloatList(value=[p]))) for key, p in zip(self.prob_keys, probs[i])
-                    )
-                self._handle.write(train.Example(features=train.Features(feature=feature)).SerializeToString())
+        records = encode_rows(rows, self.format, self.prob_keys)
+        if self.format == "tfrecord":
+            for record in records:
+                self._handle.write(record)
+        elif records:
+            self._handle.write(b"\n".join(records) + b"\n")
 
     def commit(self) -> None:
         """Flushes to disk and renames the shard into place (atomic on one filesystem)."""
@@ -634,8 +661,6 @@ class ShardWriter:
             with open(self.tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         else:
-            if self.format == "csv":
-                self._text.flush()
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
@@ -733,10 +758,13 @@ def run_scoring(config: ScoreConfig, log: Callable[[str], None] = print) -> dict
         done = _prepare_outputs(config, paths, fingerprint)
         log(f"scoring {total} documents from {len(sources)} input(s) with {predictor.description}"
             + (f"; resuming, {len(done)} of {config.num_shards} shards already done" if done else ""))
+        scoring_started = time.monotonic()
         stats, this_run = _score_shards(config, paths, sources, total, done, predictor)
+        scoring_seconds = time.monotonic() - scoring_started
     finally:
         predictor.close()
-    return _finish(config, paths, stats, this_run, time.monotonic() - started, total, predictor.label_names, log)
+    return _finish(config, paths, stats, this_run, time.monotonic() - started, scoring_seconds, total,
+                   predictor.label_names, log)
 
 
 def _prepare_outputs(config: ScoreConfig, paths: OutputPaths, fingerprint: dict) -> set[int]:
@@ -885,7 +913,7 @@ def _write_segment(batch, outputs, start, end, writer, state, errors_out, label_
             state.confusion[key] = state.confusion.get(key, 0) + 1
 
 
-def _finish(config, paths, stats, this_run, seconds, total, label_names, log) -> dict:
+def _finish(config, paths, stats, this_run, seconds, scoring_seconds, total, label_names, log) -> dict:
     """Joins the shards' error rows and counts into the errors file and the summary."""
     with open(paths.errors.with_name(f".{paths.errors.name}.partial"), "wb") as out:
         for k in range(config.num_shards):
@@ -905,8 +933,10 @@ def _finish(config, paths, stats, this_run, seconds, total, label_names, log) ->
         "inputs": list(config.inputs), "documents_counted": total,
         "read": read, "scored": scored, "errored": errored,
         "errors_by_reason": dict(reasons.most_common()),
-        "seconds": round(seconds, 3), "documents_this_run": this_run,
-        "docs_per_second": round(this_run / seconds, 1) if seconds > 0 else 0.0,
+        # docs/s covers reading, predicting and writing; `seconds` adds loading and counting.
+        "seconds": round(seconds, 3), "scoring_seconds": round(scoring_seconds, 3),
+        "documents_this_run": this_run,
+        "docs_per_second": round(this_run / scoring_seconds, 1) if scoring_seconds > 0 else 0.0,
         "outputs": [str(p) for p in paths.shards], "errors_file": str(paths.errors),
     }
     if read != scored + errored or read != total:

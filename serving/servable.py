@@ -205,6 +205,13 @@ class Servable:
             return list(fn(*(feeds[name] for name in names)))
         except tf.errors.OpError as e:
             raise serving_error_from_tf(e) from e
+        except UnicodeDecodeError as e:
+            # TF's status message quoted non-UTF-8 input bytes, so the Python
+            # binding could not decode it; the cause is still the request's data.
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Could not parse the input: " + e.object.decode("utf-8", errors="replace"),
+            ) from e
         finally:
             with self._idle:
                 self._inflight -= 1

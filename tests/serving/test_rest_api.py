@@ -379,8 +379,6 @@ def test_predict_strings_that_are_not_utf8(server):
                  b'{"instances": ["\xff\xfe"]}', 400, "is not of expected type: float")
 
 
-@pytest.mark.xfail(strict=True, reason="Servable.run lets TensorFlow's UnicodeDecodeError "
-                   "(error message quoting non-UTF-8 input) escape: 500 instead of 400")
 def test_predict_non_utf8_serialized_example_is_400(server):
     expect_error(server, "POST", "/v1/models/half_plus_two:predict",
                  b'{"signature_name": "classify_x_to_y", "instances": ["\xff\xfe"]}', 400)

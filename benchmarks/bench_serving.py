@@ -1,0 +1,621 @@
+"""Serving benchmark: the model server against the in-process SavedModel ceiling.
+
+One run measures, on the BBC BiLSTM export:
+
+1. the ceiling: `tf.saved_model.load` + `serving_default` in a child process,
+   docs/s at its best batch size, and the single-document latency (p50);
+2. the server (`python -m serving --enable_batching ...`) as a subprocess:
+   start-up time (spawn → ready line, and → first answered Predict) and
+   resident memory (VmRSS / VmHWM from /proc/<pid>/status);
+3. gRPC and REST throughput and p50/p99 latency at concurrency 1, 8 and 64,
+   one real BBC article per request.
+
+Every ratio is against the ceiling of the same run, so the numbers are
+comparable across machines. The load runs in separate client processes
+(`--client-processes`, default 2) so the client's GIL does not cap the server;
+they share the machine's cores with the server, as a sidecar client would.
+Load generators only target 127.0.0.1 and are bounded in time
+(`--seconds` per cell) and in requests (`--max-requests` per cell).
+
+    python benchmarks/bench_serving.py                      # trains the BBC BiLSTM first (~60 s)
+    python benchmarks/bench_serving.py --model RUN/export   # takes an existing export
+
+Exit code: 0 when it ran (targets met or not; see the table), 1 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "bbc"
+DEFAULT_BATCHING_CONFIG = REPO_ROOT / "benchmarks" / "batching.config"
+MODEL_NAME = "bbc_news"
+INPUT_KEY = "text"
+READY_MESSAGE = "textserve model server is ready"  # serving/server.py READY_MESSAGE
+CEILING_BATCH_SIZES = (1, 8, 32, 64, 128, 256)
+CONCURRENCY = (1, 8, 64)
+REQUEST_TIMEOUT_S = 30.0
+
+# Targets from issue 3 ("Performance"), with batching on.
+TARGET_C64_RATIO = {"grpc": 0.70, "rest": 0.50}
+TARGET_C1_EXTRA_MS = {"grpc": 0.5, "rest": 1.0}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_articles(data_dir: Path, limit: int, seed: int) -> list[str]:
+    """Reads BBC articles (utf-8, latin-1 fallback, as the pipeline does), shuffled."""
+    from pipeline.data import read_folder
+
+    texts = [record.text for record in read_folder(data_dir, "latin-1")]
+    if not texts:
+        raise SystemExit(f"no articles under {data_dir}; pass --data DIR (the BBC News folder)")
+    random.Random(seed).shuffle(texts)
+    return texts[:limit]
+
+
+def train_model(data_dir: Path, out_dir: Path) -> Path:
+    """Trains the default (BiLSTM) model with the project CLI; returns its export dir."""
+    command = [sys.executable, "-m", "pipeline.cli", "train", "--data", str(data_dir),
+               "--out", str(out_dir), "--quiet"]
+    print(f"training: {' '.join(command)}", flush=True)
+    subprocess.run(command, cwd=REPO_ROOT, env=_quiet_env(), check=True)
+    return out_dir / "export"
+
+
+def _quiet_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _version_dir(export_dir: Path) -> Path:
+    if (export_dir / "saved_model.pb").is_file():
+        return export_dir
+    versions = sorted((int(p.name), p) for p in export_dir.iterdir()
+                      if p.name.isdigit() and (p / "saved_model.pb").is_file())
+    if not versions:
+        raise SystemExit(f"{export_dir}: no <version>/saved_model.pb; pass --model RUN/export")
+    return versions[-1][1]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, round(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+# --------------------------------------------------------------------------- ceiling (child process)
+
+
+def _ceiling_child(version_dir: str, texts: list[str], batch_sizes: tuple[int, ...],
+                   seconds: float, latency_samples: int, conn) -> None:
+    """Measures the in-process SavedModel in its own process; sends a dict over `conn`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  registers the text ops of the graph
+
+    started = time.perf_counter()
+    loaded = tf.saved_model.load(version_dir)
+    predict = loaded.signatures["serving_default"]
+    load_s = time.perf_counter() - started
+    n = len(texts)
+    throughput = {}
+    for batch_size in batch_sizes:
+        batches = [texts[(i * batch_size) % n:][:batch_size] for i in range(max(1, n // batch_size))]
+        batches = [b for b in batches if len(b) == batch_size] or [texts[:batch_size]]
+        predict(**{INPUT_KEY: tf.constant(batches[0])})  # traces/allocates outside the clock
+        docs = 0
+        start = time.perf_counter()
+        end = start + seconds
+        i = 0
+        while time.perf_counter() < end:
+            predict(**{INPUT_KEY: tf.constant(batches[i % len(batches)])})
+            docs += batch_size
+            i += 1
+        throughput[batch_size] = docs / (time.perf_counter() - start)
+    latencies = []
+    for i in range(latency_samples):
+        start = time.perf_counter()
+        predict(**{INPUT_KEY: tf.constant([texts[i % n]])})
+        latencies.append(time.perf_counter() - start)
+    latencies.sort()
+    labels = predict(**{INPUT_KEY: tf.constant(texts[:8])})["label"].numpy()
+    best = max(throughput, key=throughput.get)
+    conn.send({
+        "load_s": load_s,
+        "docs_per_s_by_batch": {str(k): v for k, v in throughput.items()},
+        "best_batch_size": best,
+        "docs_per_s": throughput[best],
+        "single_doc_p50_ms": _percentile(latencies, 50) * 1e3,
+        "single_doc_p99_ms": _percentile(latencies, 99) * 1e3,
+        "labels": [label.decode() for label in labels],
+        "vm_hwm_mb": _proc_status_mb(os.getpid()).get("VmHWM"),
+    })
+    conn.close()
+    del np
+
+
+def measure_ceiling(version_dir: Path, texts: list[str], args) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_ceiling_child, args=(
+        str(version_dir), texts, tuple(args.ceiling_batch_sizes), args.ceiling_seconds,
+        args.latency_samples, child))
+    proc.start()
+    child.close()
+    budget = 120 + len(args.ceiling_batch_sizes) * (args.ceiling_seconds + 20)
+    if not parent.poll(budget):
+        proc.kill()
+        raise SystemExit("the in-process ceiling measurement did not finish in time")
+    result = parent.recv()
+    proc.join(30)
+    return result
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _proc_status_mb(pid: int) -> dict[str, float]:
+    """VmRSS / VmHWM of a process in MiB (from /proc/<pid>/status)."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    grpc_port: int
+    rest_port: int
+    command: list[str]
+    ready_s: float = 0.0
+    first_answer_s: float = 0.0
+    probe_label: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def start_server(export_dir: Path, batching_config: Path, extra_flags: list[str],
+                 probe_text: str, timeout_s: float) -> Server:
+    """Spawns the model server with batching on; returns once it answered a REST Predict."""
+    grpc_port, rest_port = _free_port(), _free_port()
+    command = [sys.executable, "-m", "serving", f"--port={grpc_port}",
+               f"--rest_api_port={rest_port}", f"--model_name={MODEL_NAME}",
+               f"--model_base_path={export_dir.resolve()}", "--enable_batching",
+               f"--batching_parameters_file={batching_config.resolve()}", *extra_flags]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=_quiet_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    server = Server(proc, grpc_port, rest_port, command)
+    ready = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            server.lines.append(line)
+            if READY_MESSAGE in line:
+                server.ready_s = time.perf_counter() - started
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not ready.wait(0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(server)
+            raise SystemExit("the server did not become ready:\n" + server.output()[-4000:])
+    # "Ready to answer": poll a real Predict until it succeeds (normally the first try).
+    body = json.dumps({"instances": [probe_text]}).encode()
+    url = f"http://127.0.0.1:{rest_port}/v1/models/{MODEL_NAME}:predict"
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as reply:
+                server.probe_label = json.loads(reply.read())["predictions"][0]["label"]
+            break
+        except (OSError, urllib.error.HTTPError) as e:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_server(server)
+                raise SystemExit(f"the server never answered a Predict ({e}):\n" + server.output()[-4000:])
+            time.sleep(0.05)
+    server.first_answer_s = time.perf_counter() - started
+    return server
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+# --------------------------------------------------------------------------- load clients (child processes)
+
+
+def _grpc_caller(target: str, texts: list[str]):
+    """A per-process gRPC client: one channel shared by the threads (as a real client would)."""
+    import grpc
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    requests = []
+    for text in texts:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL_NAME
+        request.model_spec.signature_name = "serving_default"
+        request.inputs[INPUT_KEY].CopyFrom(tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)])))
+        requests.append(request)
+
+    def make_call():
+        def call(i: int) -> str:
+            response = stub.Predict(requests[i % len(requests)], timeout=REQUEST_TIMEOUT_S)
+            return response.outputs["label"].string_val[0].decode()
+        return call
+
+    return make_call, channel.close
+
+
+def _rest_caller(port: int, texts: list[str]):
+    """A per-thread keep-alive HTTP/1.1 connection (http.client), JSON via orjson."""
+    import http.client
+
+    import orjson
+
+    bodies = [orjson.dumps({"instances": [text]}) for text in texts]
+    path = f"/v1/models/{MODEL_NAME}:predict"
+    headers = {"Content-Type": "application/json"}
+    connections = []
+
+    def make_call():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+        connections.append(connection)
+
+        def call(i: int) -> str:
+            connection.request("POST", path, body=bodies[i % len(bodies)], headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
+            return orjson.loads(payload)["predictions"][0]["label"]
+        return call
+
+    def close():
+        for connection in connections:
+            connection.close()
+
+    return make_call, close
+
+
+def _client_process(transport: str, address, texts: list[str], conn) -> None:
+    """A load-client process: runs cells on command until told to stop."""
+    if transport == "grpc":
+        make_call, close = _grpc_caller(address, texts)
+    else:
+        make_call, close = _rest_caller(address, texts)
+    conn.send("ready")
+    while True:
+        command = conn.recv()
+        if command is None:
+            break
+        threads, go_at, seconds, max_requests, offset = command
+        callers = [make_call() for _ in range(threads)]
+        latencies: list[list[float]] = [[] for _ in range(threads)]
+        errors: list[str] = []
+        labels: list[str] = []
+        end_at = go_at + seconds
+        budget = [max_requests]
+        lock = threading.Lock()
+        barrier = threading.Barrier(threads)
+
+        def work(k: int) -> None:
+            call, mine = callers[k], latencies[k]
+            i = offset + k * 7919
+            try:
+                for _ in range(2):  # warm the connection outside the clock
+                    labels.append(call(i))
+                    i += 1
+            except Exception as e:  # noqa: BLE001 - reported with the results
+                errors.append(f"{type(e).__name__}: {e}")
+                return
+            barrier.wait()
+            while time.monotonic() < go_at:
+                time.sleep(0.001)
+            while True:
+                with lock:
+                    if budget[0] <= 0:
+                        break
+                    budget[0] -= 1
+                start = time.perf_counter()
+                if time.monotonic() >= end_at:
+                    break
+                try:
+                    call(i)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{type(e).__name__}: {str(e)[:300]}")
+                else:
+                    mine.append(time.perf_counter() - start)
+                i += 1
+
+        cpu0 = time.process_time()
+        pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+        finished = time.monotonic()
+        conn.send({"latencies": [x for part in latencies for x in part], "errors": errors[:5],
+                   "error_count": len(errors), "finished": finished,
+                   "cpu_s": time.process_time() - cpu0, "labels": labels[:4]})
+    close()
+
+
+class ClientPool:
+    """`processes` persistent load-client processes for one transport."""
+
+    def __init__(self, transport: str, address, texts: list[str], processes: int):
+        ctx = multiprocessing.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for _ in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_client_process, args=(transport, address, texts, child),
+                               daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if not conn.poll(120) or conn.recv() != "ready":
+                raise SystemExit(f"{transport} load client did not start")
+
+    def run(self, concurrency: int, seconds: float, max_requests: int) -> dict:
+        """One cell: `concurrency` closed-loop callers for `seconds`; returns the stats."""
+        used = self.conns[:min(concurrency, len(self.conns))]
+        shares = [concurrency // len(used) + (1 if i < concurrency % len(used) else 0)
+                  for i in range(len(used))]
+        go_at = time.monotonic() + 3.0 + 0.05 * concurrency  # room for the warm-up calls
+        for i, (conn, threads) in enumerate(zip(used, shares)):
+            conn.send((threads, go_at, seconds, max(1, max_requests // len(used)), i * 104729))
+        results = []
+        for conn in used:
+            if not conn.poll(seconds + 120):
+                raise SystemExit("a load client did not report back in time")
+            results.append(conn.recv())
+        latencies = sorted(x for r in results for x in r["latencies"])
+        elapsed = max(r["finished"] for r in results) - go_at
+        errors = [e for r in results for e in r["errors"]]
+        return {
+            "requests": len(latencies),
+            "elapsed_s": elapsed,
+            "docs_per_s": len(latencies) / elapsed if elapsed > 0 else 0.0,
+            "p50_ms": _percentile(latencies, 50) * 1e3,
+            "p99_ms": _percentile(latencies, 99) * 1e3,
+            "mean_ms": statistics.fmean(latencies) * 1e3 if latencies else float("nan"),
+            "error_count": sum(r["error_count"] for r in results),
+            "errors": errors[:5],
+            "client_cpu_s": sum(r["cpu_s"] for r in results),
+            "labels": [label for r in results for label in r["labels"]],
+        }
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def evaluate_targets(ceiling: dict, cells: dict) -> list[dict]:
+    rows = []
+    for transport in ("grpc", "rest"):
+        c64 = cells.get(f"{transport}/64")
+        if c64:
+            ratio = c64["docs_per_s"] / ceiling["docs_per_s"]
+            rows.append({"target": f"{transport} c64 throughput >= {TARGET_C64_RATIO[transport]:.0%} of ceiling",
+                         "measured": f"{ratio:.0%}", "met": ratio >= TARGET_C64_RATIO[transport]})
+        c1 = cells.get(f"{transport}/1")
+        if c1:
+            limit = ceiling["single_doc_p50_ms"] + TARGET_C1_EXTRA_MS[transport]
+            rows.append({"target": f"{transport} c1 p50 <= in-process {ceiling['single_doc_p50_ms']:.2f} ms"
+                                   f" + {TARGET_C1_EXTRA_MS[transport]} ms",
+                         "measured": f"{c1['p50_ms']:.2f} ms", "met": c1["p50_ms"] <= limit})
+    return rows
+
+
+def format_table(result: dict) -> str:
+    ceiling = result["ceiling"]
+    lines = [
+        f"ceiling (in-process tf.saved_model.load, batch {ceiling['best_batch_size']}): "
+        f"{ceiling['docs_per_s']:.0f} docs/s; single-doc p50 {ceiling['single_doc_p50_ms']:.2f} ms",
+        "",
+        "| transport | concurrency | docs/s | vs ceiling | p50 ms | p99 ms | server CPU ms/req | client CPU ms/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, cell in result["cells"].items():
+        transport, concurrency = key.split("/")
+        lines.append(
+            f"| {transport} | {concurrency} | {cell['docs_per_s']:.0f} | "
+            f"{cell['docs_per_s'] / ceiling['docs_per_s']:.0%} | {cell['p50_ms']:.2f} | "
+            f"{cell['p99_ms']:.2f} | {cell['server_cpu_ms_per_request']:.2f} | "
+            f"{cell['client_cpu_ms_per_request']:.2f} | {cell['error_count']} |")
+    server = result["server"]
+    lines += [
+        "",
+        f"server start-up: ready line {server['ready_s']:.1f} s, first answer {server['first_answer_s']:.1f} s; "
+        f"memory after load VmRSS {server['memory_after_load_mb'].get('VmRSS', 0):.0f} MiB, "
+        f"after the run VmRSS {server['memory_after_run_mb'].get('VmRSS', 0):.0f} MiB / "
+        f"VmHWM {server['memory_after_run_mb'].get('VmHWM', 0):.0f} MiB",
+        "",
+        "| target | measured | met |",
+        "|---|---:|:---:|",
+    ]
+    for row in result["targets"]:
+        lines.append(f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="an export dir (RUN/export); trains one when absent")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the BBC News folder")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/textserve_bench_serving"),
+                        help="where a trained model goes")
+    parser.add_argument("--json", type=Path, help="result file (default WORKDIR/serving.json)")
+    parser.add_argument("--batching-config", type=Path, default=DEFAULT_BATCHING_CONFIG)
+    parser.add_argument("--server-flag", action="append", default=[],
+                        help="extra tensorflow_model_server flag, e.g. --server-flag=--grpc_max_threads=16")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per cell")
+    parser.add_argument("--max-requests", type=int, default=100_000, help="request cap per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--transports", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest"])
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="load-client processes per transport (threads are split across them)")
+    parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=list(CEILING_BATCH_SIZES))
+    parser.add_argument("--ceiling-seconds", type=float, default=4.0, help="time per ceiling batch size")
+    parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--articles", type=int, default=2000, help="distinct articles cycled through")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    texts = load_articles(args.data, args.articles, args.seed)
+    export_dir = args.model or train_model(args.data, args.workdir / "train")
+    version_dir = _version_dir(export_dir)
+    print(f"model: {version_dir}; {len(texts)} articles, mean {statistics.fmean(map(len, texts)):.0f} chars",
+          flush=True)
+    load_before = os.getloadavg()
+
+    print("measuring the in-process ceiling ...", flush=True)
+    ceiling = measure_ceiling(version_dir, texts, args)
+    print(f"  best {ceiling['docs_per_s']:.0f} docs/s at batch {ceiling['best_batch_size']}, "
+          f"single doc p50 {ceiling['single_doc_p50_ms']:.2f} ms", flush=True)
+
+    print("starting the server ...", flush=True)
+    server = start_server(export_dir, args.batching_config, args.server_flag, texts[0], timeout_s=300)
+    result: dict = {}
+    try:
+        pid = server.proc.pid
+        spawned_to_ready = server.ready_s
+        pools = {}
+        memory_after_load = _proc_status_mb(pid)
+        answers = {"in_process": ceiling["labels"][:2], "rest_first_answer": [server.probe_label]}
+        for transport in args.transports:
+            address = f"127.0.0.1:{server.grpc_port}" if transport == "grpc" else server.rest_port
+            pools[transport] = ClientPool(transport, address, texts, args.client_processes)
+            # Warm-up calls of a 1-caller cell send texts[0] and texts[1] first.
+            answers[transport] = pools[transport].run(1, 0.1, 1)["labels"][:2]
+        answers_match = all(
+            value == answers["in_process"][:len(value)] for value in answers.values())
+        if not answers_match:
+            print(f"WARNING: served labels differ from the in-process ones: {answers}", flush=True)
+        cells = {}
+        for transport in args.transports:
+            for concurrency in args.concurrency:
+                cpu0 = _proc_cpu_s(pid)
+                cell = pools[transport].run(concurrency, args.seconds, args.max_requests)
+                server_cpu = _proc_cpu_s(pid) - cpu0
+                n = max(cell["requests"], 1)
+                cell["server_cpu_ms_per_request"] = server_cpu / n * 1e3
+                cell["client_cpu_ms_per_request"] = cell["client_cpu_s"] / n * 1e3
+                cell["vs_ceiling"] = cell["docs_per_s"] / ceiling["docs_per_s"]
+                cells[f"{transport}/{concurrency}"] = cell
+                print(f"  {transport:4s} c{concurrency:<3d} {cell['docs_per_s']:7.0f} docs/s "
+                      f"({cell['vs_ceiling']:.0%})  p50 {cell['p50_ms']:6.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
+                      f"errors {cell['error_count']}", flush=True)
+                if cell["errors"]:
+                    print(f"    first errors: {cell['errors']}", flush=True)
+        for pool in pools.values():
+            pool.close()
+        result = {
+            "command": " ".join([Path(sys.executable).name, "benchmarks/bench_serving.py",
+                                 *(argv if argv is not None else sys.argv[1:])]),
+            "model": str(version_dir),
+            "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
+                        "loadavg_after": os.getloadavg()},
+            "settings": {"seconds_per_cell": args.seconds, "client_processes": args.client_processes,
+                         "batching_config": str(args.batching_config),
+                         "batching_parameters": args.batching_config.read_text(),
+                         "server_command": server.command[1:]},
+            "ceiling": ceiling,
+            "server": {"ready_s": spawned_to_ready, "first_answer_s": server.first_answer_s,
+                       "memory_after_load_mb": memory_after_load,
+                       "memory_after_run_mb": _proc_status_mb(pid)},
+            "cells": cells,
+            "answers": answers,
+            "answers_match_in_process": answers_match,
+        }
+        result["targets"] = evaluate_targets(ceiling, cells)
+    finally:
+        stop_server(server)
+    print()
+    print(format_table(result))
+    out = args.json or args.workdir / "serving.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

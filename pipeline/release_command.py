@@ -1,0 +1,196 @@
+"""Sub-commands of the release side: push, and models list / rollback / label.
+
+    textserve push runs/bbc --model-base-path models/bbc_news
+    textserve models list models/bbc_news
+    textserve models label models/bbc_news --model-config serving/configs/models.config --label canary --version 2
+    textserve models rollback models/bbc_news --to 1
+
+The push's config is the run's own `config.toml` (so the data is re-read the
+way it was trained) with `--set release.*` overrides, built here once and
+passed down. The work is in pipeline/release.py and pipeline/infra_validation.py.
+
+Exit codes: 0 done; 1 refused (gate, infra validation, another push holding
+the lock); 2 unusable input (no export, corrupt model, unwritable path, bad flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline.commands import _fail
+from pipeline.config import load_config
+
+_PUSH_DESCRIPTION = """\
+Publish RUN_DIR/export/<highest version> as a new version under PATH, the model base path
+TF Serving polls. PATH may be a local directory or a tf.io.gfile URL (gs://, s3://, hdfs://).
+
+Before publishing, the push
+  1. evaluates the candidate and the latest version in PATH on the run's test split, and
+     refuses (exit 1, both models side by side) unless the candidate meets
+     release.min_accuracy and release.min_macro_f1 and is no more than release.max_regression
+     worse than that version (thresholds from RUN_DIR/config.toml; change them with --set);
+  2. serves the candidate on loopback (tensorflow_model_server if on PATH, else python -m
+     serving) and checks its gRPC and REST answers against in-process predictions.
+
+The version number is larger than every number used in PATH. The version is copied under a
+name TF Serving ignores (.tmp-push-...) and renamed into place, so a polling server never sees
+it half-written (on object stores: every file first, saved_model.pb last). A record goes to
+PATH/release_log.jsonl."""
+
+_EPILOG = """\
+examples:
+  textserve push runs/bbc --model-base-path models/bbc_news
+  textserve push runs/bbc --model-base-path gs://BUCKET/bbc_news --set release.min_accuracy=0.95
+  textserve push runs/exp --model-base-path models/bbc_news --force --reason "hotfix for #12"
+"""
+
+
+def register(subparsers) -> None:
+    """Adds `push` and `models {list,rollback,label}` to the `textserve` parser."""
+    push = subparsers.add_parser(
+        "push", help="gate, validate and publish a run's export as the next version of a served model",
+        description=_PUSH_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    push.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by textserve train")
+    push.add_argument("--model-base-path", required=True, metavar="PATH",
+                      help="TF Serving's model base path (holds 1/, 2/, ...); created if missing")
+    push.add_argument("--set", metavar="release.KEY=VALUE", action="append", default=[], dest="overrides",
+                      help="override a release threshold, e.g. --set release.min_accuracy=0.95 (repeatable)")
+    push.add_argument("--data", metavar="PATH",
+                      help="the run's training data, if it moved since training (default: the model card's "
+                      "data.source; its fingerprint must match)")
+    push.add_argument("--force", action="store_true", help="push even if the gate refuses (needs --reason)")
+    push.add_argument("--reason", metavar="TEXT", help="why --force or --skip-infra-validation; logged")
+    push.add_argument("--skip-infra-validation", action="store_true",
+                      help="do not serve the candidate before publishing (needs --reason)")
+    push.add_argument("--model-server", metavar="BINARY",
+                      help="serving binary for infra validation (default: tensorflow_model_server if on "
+                      "PATH, else python -m serving)")
+    push.add_argument("--infra-timeout", type=float, default=300.0, metavar="SECONDS",
+                      help="time the server may take to load the candidate (default: 300)")
+    push.add_argument("--infra-sample", type=int, default=32, metavar="N",
+                      help="test documents sent to the server over gRPC and REST (default: 32)")
+    push.add_argument("--lock-timeout", type=float, default=120.0, metavar="SECONDS",
+                      help="time to wait for a concurrent push to PATH (default: 120)")
+    push.set_defaults(run=_run_push)
+
+    models = subparsers.add_parser(
+        "models", help="list, roll back and label the versions under a model base path",
+        description="Inspect and manage the versions that textserve push published under a model base path.",
+    )
+    actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser(
+        "list", help="versions with their metrics and lineage, newest first",
+        description="Print every version under PATH, newest first, with its test metrics, the version "
+        "it was compared with, its run directory and any --force reason (from release_log.jsonl).",
+    )
+    listing.add_argument("base_path", metavar="PATH", help="model base path")
+    listing.add_argument("--json", action="store_true", help="print the release records as JSON lines")
+    listing.set_defaults(run=_run_list)
+
+    rollback = actions.add_parser(
+        "rollback", help="serve version N again by re-publishing it as a new version",
+        description="Copy version N to a new, highest version number, so that every TF Serving version "
+        "policy (latest included) serves it without a config change; recorded in the release log.",
+    )
+    rollback.add_argument("base_path", metavar="PATH", help="model base path")
+    rollback.add_argument("--to", type=int, required=True, metavar="N", help="the version to serve again")
+    rollback.add_argument("--reason", metavar="TEXT", help="why; logged")
+    rollback.add_argument("--lock-timeout", type=float, default=120.0, metavar="SECONDS",
+                          help="time to wait for a concurrent push (default: 120)")
+    rollback.set_defaults(run=_run_rollback)
+
+    label = actions.add_parser(
+        "label", help="point a version label (e.g. canary) at a version in a models.config",
+        description="Set version_labels { key: LABEL value: N } for the model in a text-format "
+        "ModelServerConfig, so clients can call /v1/models/NAME/labels/LABEL. If the version policy "
+        "would not load N, it becomes specific { versions: ... } with every version it served, every "
+        "labelled version and N. The file's leading comment block is kept.",
+    )
+    label.add_argument("base_path", metavar="PATH", help="model base path (version N must exist there)")
+    label.add_argument("--model-config", required=True, metavar="FILE",
+                       help="ModelServerConfig text file, e.g. serving/configs/models.config (rewritten)")
+    label.add_argument("--label", required=True, help="label name, [A-Za-z0-9_]+ (e.g. canary, stable)")
+    label.add_argument("--version", type=int, required=True, metavar="N", help="the version it names")
+    label.add_argument("--model-name", metavar="NAME", help="the config entry, if the file has several models")
+    label.set_defaults(run=_run_label)
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _run_push(args) -> int:
+    from pipeline.infra_validation import InfraValidationError, find_model_server
+    from pipeline.release import GateRefused, PushOptions, ReleaseError, push
+
+    not_release = [item for item in args.overrides if not item.strip().startswith("release.")]
+    if not_release:
+        return _fail(f"push only overrides release.* settings (the rest must stay as the run was "
+                     f"trained); received {not_release}.")
+    config_file = Path(args.run_dir) / "config.toml"
+    if not config_file.is_file():
+        return _fail(f"{config_file} is missing: is {args.run_dir} a run directory written by textserve train?")
+    try:
+        config = load_config(config_file, args.overrides)
+    except ValueError as error:
+        return _fail(str(error))
+    if args.skip_infra_validation:
+        server = None
+    else:
+        server = (args.model_server,) if args.model_server else find_model_server()
+    options = PushOptions(force=args.force, reason=args.reason, data_path=args.data, infra_validation=server,
+                          infra_timeout_s=args.infra_timeout, infra_sample=args.infra_sample,
+                          lock_timeout_s=args.lock_timeout)
+    try:
+        push(args.run_dir, args.model_base_path, config, options, log=_log)
+    except GateRefused as error:
+        return _fail(str(error), code=error.exit_code)
+    except InfraValidationError as error:
+        return _fail(f"{error}\nnothing was pushed.", code=error.exit_code)
+    except ReleaseError as error:
+        return _fail(str(error), code=error.exit_code)
+    return 0
+
+
+def _run_list(args) -> int:
+    from pipeline.release import ReleaseError, format_versions, list_versions, normalize_base_path
+
+    try:
+        infos, notes = list_versions(args.base_path)
+    except ReleaseError as error:
+        return _fail(str(error))
+    if args.json:
+        for info in infos:
+            print(json.dumps({"version": info.version, "complete": info.complete, "record": info.record}))
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+    else:
+        print(format_versions(normalize_base_path(args.base_path), infos, notes))
+    return 0
+
+
+def _run_rollback(args) -> int:
+    from pipeline.release import ReleaseError, rollback
+
+    try:
+        rollback(args.base_path, args.to, reason=args.reason, lock_timeout_s=args.lock_timeout, log=_log)
+    except ReleaseError as error:
+        return _fail(str(error), code=error.exit_code)
+    return 0
+
+
+def _run_label(args) -> int:
+    from pipeline.release import ReleaseError, label_version
+
+    try:
+        result = label_version(args.base_path, args.model_config, args.label, args.version, args.model_name)
+    except ReleaseError as error:
+        return _fail(str(error), code=error.exit_code)
+    for message in result.messages:
+        print(message)
+    return 0
