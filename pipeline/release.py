@@ -180,6 +180,10 @@ def copy_plan(source_dir: str) -> tuple[list[str], list[str]]:
         relative_root = "" if relative_root == "." else relative_root
         directories += [posixpath.join(relative_root, d.rstrip("/")) for d in subdirs]
         files += [posixpath.join(relative_root, f) for f in filenames]
+    if "://" in source_dir:
+        # Filesystems that list by name prefix (TF's ram://) report `assets/.extra`
+        # for `assets.extra/...`; keep only files that are there.
+        files = [f for f in files if tf.io.gfile.exists(_join(source_dir, f))]
     files.sort(key=lambda f: (f == "saved_model.pb", f))
     return sorted(directories), files
 

@@ -400,19 +400,18 @@ def count_records(source: InputFile, config: DataConfig) -> int:
             with _open_text(path) as handle:
                 rows = sum(1 for row in csv.reader(handle, delimiter="," if source.format == "csv" else "\t") if row)
             return max(rows - (1 if config.header else 0), 0)
-        import tensorflow as tf
-
-        compression = "GZIP" if path.suffix == ".gz" else ""
-        return int(tf.data.TFRecordDataset(str(path), compression_type=compression).reduce(
-            np.int64(0), lambda n, _: n + 1))
     except DataError as error:
         raise ScoringError(str(error)) from error
     except (OSError, EOFError, UnicodeError) as error:
         raise ScoringError(f"{path}: cannot read the input ({error}); fix or remove the file.") from error
-    except Exception as error:  # TensorFlow's DataLossError on a corrupted TFRecord
-        if type(error).__module__.startswith("tensorflow"):
-            raise ScoringError(f"{path}: cannot read the TFRecord file: {error}") from error
-        raise
+    import tensorflow as tf
+
+    compression = "GZIP" if path.suffix == ".gz" else ""
+    try:
+        return int(tf.data.TFRecordDataset(str(path), compression_type=compression).reduce(
+            np.int64(0), lambda n, _: n + 1))
+    except tf.errors.OpError as error:  # DataLossError on corrupted framing or gzip
+        raise ScoringError(f"{path}: cannot read the TFRecord file ({error.message}); fix or remove it.") from error
 
 
 def record_problem(record: Record, fallback_allowed: bool) -> str | None:
@@ -698,7 +697,8 @@ def _job_fingerprint(config: ScoreConfig, sources: Sequence[InputFile], total: i
     options = {key: value for key, value in asdict(config).items()
                if key not in ("resume", "overwrite", "progress", "concurrency", "timeout_s", "inputs",
                               "batch_size", "reader_parallelism")}
-    return {"inputs": files, "documents": total, "model": model, "options": options}
+    # Through JSON and back, so it compares equal to the saved copy (tuples become lists).
+    return orjson.loads(orjson.dumps({"inputs": files, "documents": total, "model": model, "options": options}))
 
 
 def _reason_key(problem: str) -> str:
@@ -759,12 +759,12 @@ def run_scoring(config: ScoreConfig, log: Callable[[str], None] = print) -> dict
         log(f"scoring {total} documents from {len(sources)} input(s) with {predictor.description}"
             + (f"; resuming, {len(done)} of {config.num_shards} shards already done" if done else ""))
         scoring_started = time.monotonic()
-        stats, this_run = _score_shards(config, paths, sources, total, done, predictor)
+        stats, this_run, ignored = _score_shards(config, paths, sources, total, done, predictor)
         scoring_seconds = time.monotonic() - scoring_started
     finally:
         predictor.close()
     return _finish(config, paths, stats, this_run, time.monotonic() - started, scoring_seconds, total,
-                   predictor.label_names, log)
+                   predictor.label_names, ignored, log)
 
 
 def _prepare_outputs(config: ScoreConfig, paths: OutputPaths, fingerprint: dict) -> set[int]:
@@ -812,6 +812,7 @@ def _score_shards(config, paths, sources, total, done, predictor):
     skip = min(prefix * size, total) if prefix < n else total
     label_names = predictor.label_names
     stats = {k: None for k in range(n)}
+    ignored: list[str] = []
     progress = _Progress(total, skip, config.progress)
     this_run = 0
     writer = state = None
@@ -838,7 +839,7 @@ def _score_shards(config, paths, sources, total, done, predictor):
 
     try:
         if prefix < n:
-            batches = record_batches(sources, config, skip=skip)
+            batches = record_batches(sources, config, skip=skip, ignored=ignored)
             label_cache: dict[bytes, str] = {}
             for batch, outputs in predictor.predictions(batches):
                 count = len(batch["id"])
@@ -874,7 +875,7 @@ def _score_shards(config, paths, sources, total, done, predictor):
         if stats[k] is None:
             saved = orjson.loads(paths.shard_state(k)[1].read_bytes())
             stats[k] = ShardState(**saved)
-    return stats, this_run
+    return stats, this_run, ignored
 
 
 def _write_segment(batch, outputs, start, end, writer, state, errors_out, label_cache, probabilities):
@@ -913,7 +914,7 @@ def _write_segment(batch, outputs, start, end, writer, state, errors_out, label_
             state.confusion[key] = state.confusion.get(key, 0) + 1
 
 
-def _finish(config, paths, stats, this_run, seconds, scoring_seconds, total, label_names, log) -> dict:
+def _finish(config, paths, stats, this_run, seconds, scoring_seconds, total, label_names, ignored, log) -> dict:
     """Joins the shards' error rows and counts into the errors file and the summary."""
     with open(paths.errors.with_name(f".{paths.errors.name}.partial"), "wb") as out:
         for k in range(config.num_shards):
@@ -933,6 +934,8 @@ def _finish(config, paths, stats, this_run, seconds, scoring_seconds, total, lab
         "inputs": list(config.inputs), "documents_counted": total,
         "read": read, "scored": scored, "errored": errored,
         "errors_by_reason": dict(reasons.most_common()),
+        # Top-level files of class-folder inputs (README.TXT): not documents, listed so nothing is hidden.
+        "ignored_files": sorted(set(ignored)),
         # docs/s covers reading, predicting and writing; `seconds` adds loading and counting.
         "seconds": round(seconds, 3), "scoring_seconds": round(scoring_seconds, 3),
         "documents_this_run": this_run,
