@@ -172,7 +172,8 @@ def go_mapping_options(descriptor_set: bytes, go_package_root: str) -> list[str]
         if file_proto.name.startswith(_GO_WELL_KNOWN):
             continue
         package = file_proto.package.replace(".", "_")
-        mapping = f"M{file_proto.name}={go_package_root}/{package}"
+        # "path;name": the name too, or protoc-gen-go derives it from each file's own go_package.
+        mapping = f"M{file_proto.name}={go_package_root}/{package};{package}"
         flags += [f"--go_opt={mapping}", f"--go-grpc_opt={mapping}"]
     return flags
 

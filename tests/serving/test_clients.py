@@ -229,7 +229,7 @@ def test_descriptor_set_is_complete_and_maps_become_map_fields(tmp_path):
     assert "InputsEntry" not in serving["PredictRequest"].get("nested", {})
     assert serving["ModelSpec"]["oneofs"] == {"version_choice": {"oneof": ["version", "version_label"]}}
     go_flags = tfs_descriptors.go_mapping_options(data, "example.com/tfs")
-    assert ("--go_opt=Mtensorflow_serving/apis/predict.proto=example.com/tfs/tensorflow_serving" in go_flags)
+    assert ("--go_opt=Mtensorflow_serving/apis/predict.proto=example.com/tfs/tensorflow_serving;tensorflow_serving" in go_flags)
     assert not any("google/protobuf/" in flag for flag in go_flags)
 
 
@@ -332,3 +332,43 @@ def test_node_examples_report_the_servers_error(server, node_protos):
     assert "NOT_FOUND: Servable not found for request: Latest(no_such_model)" in over_grpc.stderr
     assert over_rest.returncode == 1
     assert "HTTP 404: Servable not found for request: Latest(no_such_model)" in over_rest.stderr
+
+
+# --- the BBC export (acceptance: label names over curl, Python and Node.js gRPC) ----------------
+
+BBC_TEXTS = {
+    "business": "Shares in the bank rose after it reported record quarterly profits and raised its dividend.",
+    "sport": "The striker scored twice as the champions won the cup final in front of a full stadium.",
+    "politics": "The prime minister faced questions from MPs over the election manifesto and tax plans.",
+    "tech": "The new smartphone chip lets software run faster and improves battery life, the firm said.",
+    "entertainment": "The film won best actress at the awards ceremony and topped the box office charts.",
+}
+
+
+@pytest.fixture(scope="module")
+def bbc_server(bbc_run):
+    with running_server(["--model_name=bbc_news", f"--model_base_path={Path(bbc_run.version_dir).parent}"]) as srv:
+        yield srv
+
+
+@pytest.mark.e2e
+def test_bbc_export_answers_label_names_over_python_and_curl(bbc_server):
+    texts = list(BBC_TEXTS.values())
+    with TextClassifierClient(bbc_server.grpc_target, "bbc_news") as grpc_client, \
+            TextClassifierClient(bbc_server.rest_url, "bbc_news", transport="rest") as rest_client:
+        over_grpc, over_rest = grpc_client.predict(texts), rest_client.predict(texts)
+    curl = _curl(bbc_server, "predict", *texts, model="bbc_news")
+
+    assert [p.label for p in over_grpc] == list(BBC_TEXTS)
+    assert [p.label for p in over_rest] == list(BBC_TEXTS)
+    assert sorted(over_grpc[0].probabilities) == sorted(BBC_TEXTS)
+    assert curl.returncode == 0, curl.stderr
+    assert [p["label"] for p in json.loads(curl.stdout)["predictions"]] == list(BBC_TEXTS)
+
+
+@pytest.mark.e2e
+def test_bbc_export_answers_label_names_to_the_node_grpc_example(bbc_server, node_protos):
+    node = _node("predict.js", "--protos", str(node_protos), "--target", bbc_server.grpc_target, *BBC_TEXTS.values())
+
+    assert node.returncode == 0, node.stderr
+    assert [p["label"] for p in json.loads(node.stdout)["predictions"]] == list(BBC_TEXTS)
