@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,54 @@ def running_server(
             server.terminate()
         except subprocess.TimeoutExpired:
             pass
+
+
+@dataclass
+class ExternalServer:
+    """A server this suite did not start: a real TF Serving, for the contract tests.
+
+    Set both `TEXTSERVE_TFS_GRPC` (host:port) and `TEXTSERVE_TFS_REST`
+    (http://host:port) and start it as tests/serving/external/README.md shows,
+    so it serves the models under the names these tests use.
+    """
+
+    grpc_target: str
+    rest_url: str
+
+    @property
+    def rest_port(self) -> int:
+        return urllib.parse.urlsplit(self.rest_url).port or 80
+
+
+def external_server() -> ExternalServer | None:
+    """The external server named by the environment, or None to start our own."""
+    grpc_target = os.environ.get("TEXTSERVE_TFS_GRPC")
+    rest_url = os.environ.get("TEXTSERVE_TFS_REST")
+    if grpc_target and rest_url:
+        return ExternalServer(grpc_target, rest_url.rstrip("/"))
+    return None
+
+
+@contextlib.contextmanager
+def contract_server(args: Sequence[str], *, rest: bool = True) -> Iterator[ServerProcess | ExternalServer]:
+    """The server the TF Serving contract tests talk to.
+
+    With TEXTSERVE_TFS_GRPC and TEXTSERVE_TFS_REST set, that is the external
+    server (a real TF Serving) and `args` are not used; otherwise our own
+    server is started with `args`, as `running_server` does.
+    """
+    external = external_server()
+    if external is not None:
+        yield external
+        return
+    with running_server(args, rest=rest) as server:
+        yield server
+
+
+def ours_only(server) -> None:
+    """Skips a test that inspects our own process (its log, its flags) when the server is external."""
+    if isinstance(server, ExternalServer):
+        pytest.skip("inspects textserve's own server process; not applicable to an external TF Serving")
 
 
 def run_server_to_exit(args: Sequence[str], timeout_s: float = 120.0) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.serving.conftest import copy_model, running_server
+from tests.serving.conftest import contract_server, copy_model, running_server
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -55,7 +55,7 @@ def models(tfs_testdata, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(models):
-    with running_server([f"--model_config_file={models}"], rest=False) as srv:
+    with contract_server([f"--model_config_file={models}"], rest=False) as srv:
         yield srv
 
 

@@ -18,13 +18,14 @@ import gzip
 import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.serving.conftest import copy_model, running_server
+from tests.serving.conftest import contract_server, copy_model, ours_only, running_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -67,7 +68,7 @@ def server(tfs_testdata: Path, tmp_path_factory):
         "--rest_api_enable_cors_support",
         "--file_system_poll_wait_seconds=0",
     ]
-    with running_server(args) as srv:
+    with contract_server(args) as srv:
         yield srv
 
 
@@ -477,6 +478,7 @@ def test_ten_megabyte_documents(server):
 
 
 def test_body_over_the_limit_is_413_and_server_keeps_serving(server):
+    ours_only(server)  # TF Serving sets no body limit; 413 above 256 MiB is textserve's own guard
     connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
     connection.putrequest("POST", "/v1/models/half_plus_two:predict")
     connection.putheader("Content-Length", str(300 * 1024 * 1024))
@@ -513,7 +515,8 @@ def test_server_still_serves_after_bad_requests(server):
     assert call_json(server, "GET", "/v1/models/half_plus_two")[0] == 200
     assert call_json(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [3.0]}) == (
         200, {"predictions": [3.5]})
-    assert server.proc.poll() is None
+    if hasattr(server, "proc"):
+        assert server.proc.poll() is None
 
 
 def test_expect_100_continue_is_answered_before_the_body(server):
@@ -521,7 +524,7 @@ def test_expect_100_continue_is_answered_before_the_body(server):
     import socket
 
     body = b'{"instances": [1.0]}'
-    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as sock:
+    with socket.create_connection((urllib.parse.urlsplit(server.rest_url).hostname, server.rest_port), timeout=30) as sock:
         sock.sendall(
             b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
             b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
