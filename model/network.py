@@ -62,7 +62,7 @@ def build_tfidf_linear(num_features: int, num_classes: int, config: ModelConfig)
     return keras.Model(features, probabilities, name="tfidf_linear")
 
 
-class TextClassifier(tf.Module):
+class TextClassifier:
     """Raw strings in, class probabilities out: preprocessing and network together.
 
     Args:
@@ -72,7 +72,6 @@ class TextClassifier(tf.Module):
     """
 
     def __init__(self, label_names: list[str], preprocessing: PreprocessingConfig, model: ModelConfig):
-        super().__init__(name="text_classifier")
         if len(label_names) < 2:
             raise ValueError(f"`label_names` must hold at least two classes, received {label_names!r}.")
         self.label_names = list(label_names)

@@ -107,8 +107,11 @@ class _Server:
 
     def __init__(self, command: Sequence[str], model_name: str, base_path: Path, log_path: Path):
         self.grpc_port, self.rest_port = _free_port(), _free_port()
+        # No load retries: production retries a failed load for minutes, validation
+        # should report it at once (TF Serving then exits at start-up).
         self.command = [*command, f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-                        f"--model_name={model_name}", f"--model_base_path={base_path}"]
+                        f"--model_name={model_name}", f"--model_base_path={base_path}",
+                        "--max_num_load_retries=0"]
         self.model_name = model_name
         self.log_path = log_path
         self._log = open(log_path, "wb")

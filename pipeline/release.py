@@ -91,6 +91,7 @@ RECORD_FILE = "release_record.json"  # inside <version>/assets.extra/
 # on an object store it includes the upload.
 _STALE_LOCK_S = 15 * 60
 _LOCK_POLL_S = 0.2
+_REMOTE_LOCK_SETTLE_S = 1.0
 # Filesystems whose directory rename is atomic (see the module docstring).
 _ATOMIC_RENAME_SCHEMES = ("", "file", "hdfs", "viewfs")
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
@@ -328,32 +329,41 @@ class PushLock:
     def __exit__(self, *exc) -> None:
         holder = self._read_holder()
         if holder is not None and holder.get("token") == self.token:
+            if tf.io.gfile.exists(self.path + ".version"):
+                tf.io.gfile.remove(self.path + ".version")
             tf.io.gfile.remove(self.path)
 
     def note_version(self, version: int) -> None:
-        """Records the version being written, so a stale lock can have its partial version removed."""
-        self._write({**self.owner, "time": time.time(), "version": version}, exclusive=False)
+        """Records the version being written, so a stale lock can have its partial version removed.
+
+        A file of its own: rewriting the lock file would leave a window in which
+        it is gone (and TF's ram:// filesystem appends on rewrite).
+        """
+        with tf.io.gfile.GFile(self.path + ".version", "wb") as handle:
+            handle.write(json.dumps({"token": self.token, "version": version}).encode("utf-8"))
 
     def _try_acquire(self) -> bool:
         payload = {**self.owner, "time": time.time()}
         if not tf.io.gfile.exists(self.path):
             try:
-                self._write(payload, exclusive=True)
+                self._write(payload)
             except FileExistsError:
                 return False
             holder = self._read_holder()
             return holder is not None and holder.get("token") == self.token
         return False
 
-    def _write(self, payload: dict, *, exclusive: bool) -> None:
+    def _write(self, payload: dict) -> None:
         content = json.dumps(payload).encode("utf-8")
-        if exclusive and "://" not in self.path:
+        if "://" not in self.path:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
             return
         with tf.io.gfile.GFile(self.path, "wb") as handle:
             handle.write(content)
+        # Give a concurrent writer's object time to land before `_try_acquire` reads back.
+        time.sleep(_REMOTE_LOCK_SETTLE_S)
 
     def _read_holder(self) -> dict | None:
         try:
@@ -377,7 +387,13 @@ class PushLock:
             return
         tf.io.gfile.remove(aside)
         self.log(f"removed the stale lock of a push that is no longer running ({holder})")
-        version = holder.get("version")
+        try:
+            with tf.io.gfile.GFile(self.path + ".version", "rb") as handle:
+                writing = json.loads(handle.read())
+        except (tf.errors.NotFoundError, json.JSONDecodeError):
+            return
+        tf.io.gfile.remove(self.path + ".version")
+        version = writing.get("version") if writing.get("token") == holder.get("token") else None
         if isinstance(version, int):
             partial = _join(self.base_path, str(version))
             if tf.io.gfile.isdir(partial) and not is_complete(partial):
