@@ -3,22 +3,29 @@
 One run measures, on the BBC BiLSTM export:
 
 1. the ceiling: `tf.saved_model.load` + `serving_default` in a child process,
-   docs/s at its best batch size, and the single-document latency (p50);
+   docs/s at its best batch size, and the single-document latency (p50); for
+   reference also the same model through `serving.servable` (the server's own
+   Session path, without network or batching);
 2. the server (`python -m serving --enable_batching ...`) as a subprocess:
    start-up time (spawn → ready line, and → first answered Predict) and
    resident memory (VmRSS / VmHWM from /proc/<pid>/status);
 3. gRPC and REST throughput and p50/p99 latency at concurrency 1, 8 and 64,
-   one real BBC article per request.
+   one real BBC article per request, in closed loop (each caller sends its
+   next request when the previous one is answered).
 
-Every ratio is against the ceiling of the same run, so the numbers are
-comparable across machines. The load runs in separate client processes
-(`--client-processes`, default 2) so the client's GIL does not cap the server;
-they share the machine's cores with the server, as a sidecar client would.
-Load generators only target 127.0.0.1 and are bounded in time
-(`--seconds` per cell) and in requests (`--max-requests` per cell).
+The ceiling and the cells alternate for `--rounds` rounds and each keeps its
+best round, so load from other jobs on a shared machine skews them less; every
+ratio is against the ceiling of the same run. The load runs in separate client
+processes (`--client-processes`, default 2) so the client's GIL does not cap
+the server; they share the machine's cores with the server. gRPC callers are
+grpc.aio coroutines on one channel per process (`--grpc-client threads` uses
+blocking stubs in threads instead); REST callers are threads with one
+keep-alive `http.client` connection each. Load only targets 127.0.0.1 and is
+bounded in time (`--seconds` per cell) and in requests (`--max-requests`).
 
-    python benchmarks/bench_serving.py                      # trains the BBC BiLSTM first (~60 s)
+    python benchmarks/bench_serving.py                      # trains the BBC BiLSTM first (~90 s)
     python benchmarks/bench_serving.py --model RUN/export   # takes an existing export
+    python benchmarks/bench_serving.py --render RESULT.json # prints a saved result's table
 
 Exit code: 0 when it ran (targets met or not; see the table), 1 on an error.
 """
@@ -38,7 +45,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -316,14 +323,11 @@ def stop_server(server: Server) -> None:
 # --------------------------------------------------------------------------- load clients (child processes)
 
 
-def _grpc_caller(target: str, texts: list[str]):
-    """A per-process gRPC client: one channel shared by the threads (as a real client would)."""
-    import grpc
+def _predict_requests(texts: list[str]) -> list:
+    """One `PredictRequest` per text, built before the clock starts (as a client batch job would)."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
-    channel = grpc.insecure_channel(target)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     requests = []
     for text in texts:
         request = predict_pb2.PredictRequest()
@@ -334,6 +338,17 @@ def _grpc_caller(target: str, texts: list[str]):
             tensor_shape=tensor_shape_pb2.TensorShapeProto(
                 dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)])))
         requests.append(request)
+    return requests
+
+
+def _grpc_caller(target: str, texts: list[str]):
+    """A per-process gRPC client: one channel shared by the threads (as a real client would)."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    requests = _predict_requests(texts)
 
     def make_call():
         def call(i: int) -> str:
@@ -342,6 +357,49 @@ def _grpc_caller(target: str, texts: list[str]):
         return call
 
     return make_call, channel.close
+
+
+def _grpc_aio_cell(target: str, requests: list, callers: int, go_at: float, seconds: float,
+                   max_requests: int, offset: int) -> dict:
+    """One cell with grpc.aio: `callers` coroutines on one channel and one event loop."""
+    import asyncio
+
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    labels: list[str] = []
+    budget = [max_requests]
+    end_at = go_at + seconds
+
+    async def caller(stub, k: int) -> None:
+        i = offset + k * 7919
+        for _ in range(2):  # warm the channel outside the clock
+            response = await stub.Predict(requests[i % len(requests)], timeout=REQUEST_TIMEOUT_S)
+            labels.append(response.outputs["label"].string_val[0].decode())
+            i += 1
+        await asyncio.sleep(max(0.0, go_at - time.monotonic()))
+        while budget[0] > 0 and time.monotonic() < end_at:
+            budget[0] -= 1
+            start = time.perf_counter()
+            try:
+                await stub.Predict(requests[i % len(requests)], timeout=REQUEST_TIMEOUT_S)
+            except grpc.aio.AioRpcError as e:
+                errors.append(f"{e.code().name}: {e.details()[:300]}")
+            else:
+                latencies.append(time.perf_counter() - start)
+            i += 1
+
+    async def cell() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            await asyncio.gather(*(caller(stub, k) for k in range(callers)))
+
+    cpu0 = time.process_time()
+    asyncio.run(cell())
+    return {"latencies": latencies, "errors": errors[:5], "error_count": len(errors),
+            "finished": time.monotonic(), "cpu_s": time.process_time() - cpu0, "labels": labels[:4]}
 
 
 def _rest_caller(port: int, texts: list[str]):
@@ -377,6 +435,14 @@ def _rest_caller(port: int, texts: list[str]):
 
 def _client_process(transport: str, address, texts: list[str], conn) -> None:
     """A load-client process: runs cells on command until told to stop."""
+    if transport == "grpc-aio":
+        requests = _predict_requests(texts)
+        conn.send("ready")
+        while (command := conn.recv()) is not None:
+            threads, go_at, seconds, max_requests, offset = command
+            conn.send(_grpc_aio_cell(address, requests, threads, go_at, seconds, max_requests,
+                                     offset))
+        return
     if transport == "grpc":
         make_call, close = _grpc_caller(address, texts)
     else:
@@ -524,18 +590,25 @@ def format_table(result: dict) -> str:
         f"{ceiling['docs_per_s']:.0f} docs/s; single-doc p50 {ceiling['single_doc_p50_ms']:.2f} ms "
         f"(best of {len(ceiling['rounds'])} rounds: "
         f"{', '.join(format(c['docs_per_s'], '.0f') for c in ceiling['rounds'])} docs/s)",
+        "in-process docs/s by batch size: " + ", ".join(
+            f"{size}: {value:.0f}" for size, value in ceiling["sweep"]["docs_per_s_by_batch"].items()),
         f"same model through the server's Session (serving.servable, no network, no batching): "
         f"{ceiling['session']['docs_per_s']:.0f} docs/s at batch {ceiling['best_batch_size']}; "
         f"single-doc p50 {ceiling['session']['single_doc_p50_ms']:.2f} ms",
         "",
-        "| transport | concurrency | docs/s | vs ceiling | p50 ms | p99 ms | server CPU ms/req | client CPU ms/req | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| transport | concurrency | docs/s | vs ceiling | vs in-process at batch = concurrency "
+        "| p50 ms | p99 ms | server CPU ms/req | client CPU ms/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    by_batch = ceiling["sweep"]["docs_per_s_by_batch"]
     for key, cell in result["cells"].items():
         transport, concurrency = key.split("/")
+        # One document per request: a batch never holds more documents than there are callers.
+        same_batch = by_batch.get(concurrency)
+        same_text = f"{cell['docs_per_s'] / same_batch:.0%}" if same_batch else "-"
         lines.append(
             f"| {transport} | {concurrency} | {cell['docs_per_s']:.0f} | "
-            f"{cell['docs_per_s'] / ceiling['docs_per_s']:.0%} | {cell['p50_ms']:.2f} | "
+            f"{cell['docs_per_s'] / ceiling['docs_per_s']:.0%} | {same_text} | {cell['p50_ms']:.2f} | "
             f"{cell['p99_ms']:.2f} | {cell['server_cpu_ms_per_request']:.2f} | "
             f"{cell['client_cpu_ms_per_request']:.2f} | {cell['error_count']} |")
     server = result["server"]
@@ -574,6 +647,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-requests", type=int, default=100_000, help="request cap per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--transports", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest"])
+    parser.add_argument("--grpc-client", choices=["aio", "threads"], default="aio",
+                        help="grpc.aio coroutines on one channel per process, or threads on the "
+                             "blocking stub")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="load-client processes per transport (threads are split across them)")
     parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=list(CEILING_BATCH_SIZES))
@@ -581,6 +657,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--articles", type=int, default=2000, help="distinct articles cycled through")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--render", type=Path, help="print the table of a saved result file and exit")
     return parser.parse_args(argv)
 
 
@@ -596,6 +673,9 @@ def _run_cell(pool: ClientPool, pid: int, concurrency: int, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        print(format_table(json.loads(args.render.read_text())))
+        return 0
     texts = load_articles(args.data, args.articles, args.seed)
     export_dir = args.model or train_model(args.data, args.workdir / "train")
     version_dir = _version_dir(export_dir)
@@ -631,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
         answers = {"in_process": model.info["labels"][:2], "rest_first_answer": [server.probe_label]}
         for transport in args.transports:
             address = f"127.0.0.1:{server.grpc_port}" if transport == "grpc" else server.rest_port
-            pools[transport] = ClientPool(transport, address, texts, args.client_processes)
+            kind = "grpc-aio" if transport == "grpc" and args.grpc_client == "aio" else transport
+            pools[transport] = ClientPool(kind, address, texts, args.client_processes)
             # The warm-up calls of a 1-caller cell send texts[0] and texts[1] first.
             answers[transport] = pools[transport].run(1, 0.1, 1)["labels"][:2]
         answers_match = all(v == answers["in_process"][:len(v)] for v in answers.values())
@@ -687,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg()},
         "settings": {"seconds_per_cell": args.seconds, "rounds": args.rounds,
+                     "grpc_client": args.grpc_client,
                      "client_processes": args.client_processes,
                      "batching_parameters": args.batching_config.read_text(),
                      "server_command": server.command[1:]},
