@@ -11,12 +11,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_history(history: dict[str, list[float]], path: Path) -> Path:
-    """Accuracy and loss per epoch, train vs validation, side by side (as the tutorial plots them)."""
+    """Accuracy and loss per epoch, train vs validation, side by side (as the tutorial plots them).
+
+    A dashed line marks the epoch of lowest validation loss, whose weights the
+    exported model carries (early stopping restores them).
+    """
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    val_loss = history.get("val_loss", [])
+    best_epoch = val_loss.index(min(val_loss)) + 1 if val_loss else None
     for ax, metric in zip(axes, ("accuracy", "loss")):
         epochs = range(1, len(history.get(metric, [])) + 1)
         ax.plot(epochs, history.get(metric, []), marker="o", label=f"train {metric}")
         ax.plot(epochs, history.get(f"val_{metric}", []), marker="o", label=f"validation {metric}")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"restored (epoch {best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(metric.capitalize())
