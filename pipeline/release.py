@@ -75,7 +75,7 @@ from google.protobuf import text_format
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from model.export import ExportedModel, read_model_card, resolve_version_dir
+from model.export import ExportedModel, resolve_version_dir
 from pipeline.config import PipelineConfig, ReleaseConfig
 from pipeline.data import DataError, Dataset, ingest
 from pipeline.evaluate import classification_metrics

@@ -23,7 +23,6 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from preprocessing import names
 
 # Closed choices, checked in one place (`_check_choice`).
 PADDING_SIDES = ("post", "pre")

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.scoring import ScoreConfig, ScoringError, run_scoring
 from tests.conftest import REPO_ROOT
 
 DOCS = [

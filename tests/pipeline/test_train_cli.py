@@ -6,7 +6,6 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
 
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving.conftest import contract_server, copy_model, ours_only, running_server
+from tests.serving.conftest import contract_server, copy_model, ours_only
 
 pytestmark = pytest.mark.timeout(300)
 

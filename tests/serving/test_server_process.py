@@ -24,7 +24,6 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from tensorflow_serving.config import model_server_config_pb2
 
 from serving import server as server_module
 from tests.serving import conftest
@@ -302,7 +301,7 @@ def test_unix_socket_health_service_and_same_port_rest(tfs_testdata, tmp_path):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "hp", versions=["00000123"])
     socket_path = tmp_path / "grpc.sock"
     port = free_port()
-    args = [f"--model_name=hp", f"--model_base_path={base}", f"--grpc_socket_path={socket_path}",
+    args = ["--model_name=hp", f"--model_base_path={base}", f"--grpc_socket_path={socket_path}",
             f"--port={port}", f"--rest_api_port={port}", "--enable_grpc_healthcheck_service"]
     with running_server(args) as srv:
         assert "cannot be same as grpc_port" in srv.stderr_text()
