@@ -86,6 +86,16 @@ def copy_model(
     return dest.resolve()
 
 
+def wait_for(condition, timeout_s: float = 30.0) -> bool:
+    """Polls `condition()` every 0.1 s; True once it holds, False after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def free_port() -> int:
     """Returns a TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

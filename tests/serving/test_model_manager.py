@@ -7,6 +7,7 @@ covers them).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -25,7 +26,7 @@ from serving.errors import ServingError
 from serving.flags import options_for_tests
 from serving.model_manager import AVAILABLE, END, ModelManager
 from serving.servable import Servable
-from tests.serving.conftest import copy_model
+from tests.serving.conftest import copy_model, wait_for as wait_for_condition
 
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
 
@@ -67,13 +68,8 @@ def predict_y(servable: Servable, values) -> list[float]:
     return out.tolist()
 
 
-def wait_for(condition, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
+# The manager is polled in-process, so a shorter bound than the server tests' suffices.
+wait_for = functools.partial(wait_for_condition, timeout_s=20.0)
 
 
 def states(manager: ModelManager, name: str = "m") -> dict[int, tuple[int, int]]:

@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (
 
 from serving import server as server_module
 from tests.serving import conftest
-from tests.serving.conftest import copy_model, free_port, run_server_to_exit, running_server
+from tests.serving.conftest import copy_model, free_port, run_server_to_exit, running_server, wait_for
 
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
 AVAILABLE, END = 30, 50
@@ -61,15 +61,6 @@ def config_text(*models: tuple[str, str, str]) -> str:
         f'config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" {extra} }} '
         for name, base, extra in models)
     return f"model_config_list {{ {entries}}}"
-
-
-def wait_for(condition, timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_ready_message_is_shared_with_the_fixtures():
