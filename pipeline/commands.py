@@ -26,6 +26,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                         help=_SET_HELP)
 
 
+def default_cache_dir() -> Path:
+    """Where downloaded datasets go: $XDG_CACHE_HOME/textserve, else ~/.cache/textserve."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textserve"
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"textserve: error: {message}", file=sys.stderr)
     return code
@@ -78,7 +83,7 @@ def register(subparsers) -> None:
         "and print the folder to pass to --data.",
     )
     fetch.add_argument("name", choices=["bbc"])
-    default_cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textserve"
+    default_cache = default_cache_dir()
     fetch.add_argument("--cache-dir", type=Path, default=default_cache, help=f"default: {default_cache}")
     fetch.add_argument("--url", help="archive URL (default: the official BBC archive)")
     fetch.add_argument("--timeout", type=float, default=60.0, help="seconds (default: 60)")

@@ -10,22 +10,19 @@ the two calls, for scripts and tests).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from pipeline.commands import _add_config_args, _fail
+from pipeline.commands import _add_config_args, _fail, default_cache_dir
 
 _SAMPLE = (
     "Shares in the carmaker rose sharply after it reported record quarterly profits and raised "
     "its dividend, as investors welcomed the bank's decision to hold interest rates."
 )
-_READY = "textserve model server is ready"
 
 
 def register(subparsers) -> None:
@@ -45,28 +42,6 @@ def register(subparsers) -> None:
     demo.set_defaults(run=_run_demo)
 
 
-def _predict_rest(port: int, model_name: str, text: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/models/{model_name}:predict",
-        data=json.dumps({"instances": [text]}).encode(), headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _predict_grpc(port: int, model_name: str, text: str) -> tuple[str, float]:
-    import grpc
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.inputs["text"].CopyFrom(tf.make_tensor_proto([text], dtype=tf.string))
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    return reply.outputs["label"].string_val[0].decode(), reply.outputs["score"].float_val[0]
-
-
 def _start_server(args, export_dir: Path) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "serving", f"--port={args.port}", f"--rest_api_port={args.rest_api_port}",
@@ -75,8 +50,10 @@ def _start_server(args, export_dir: Path) -> subprocess.Popen:
     print("$ textserve serve " + " ".join(command[3:]), flush=True)
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    from serving.server import READY_MESSAGE
+
     for line in server.stderr:
-        if _READY in line:
+        if READY_MESSAGE in line:
             print(line.strip(), flush=True)
             return server
     server.wait()
@@ -98,7 +75,7 @@ def _run_demo(args) -> int:
     except FileNotFoundError:
         try:
             config = load_config(args.config, args.overrides)
-            data = args.data or fetch_bbc(Path.home() / ".cache" / "textserve")
+            data = args.data or fetch_bbc(default_cache_dir())
             result = train(config, data, run_dir, verbose=1 if sys.stdout.isatty() else 2)
         except (ValueError, DataError, FetchError, FileExistsError) as error:
             return _fail(str(error))
@@ -106,14 +83,18 @@ def _run_demo(args) -> int:
         print(f"trained in {result.seconds:.0f}s: test accuracy {test['accuracy']:.4f}, "
               f"macro-F1 {test['macro_f1']:.4f}")
 
+    from serving.client import TextClassifierClient
+
     server = _start_server(args, export_dir)
     try:
-        reply = _predict_rest(args.rest_api_port, args.model_name, _SAMPLE)
-        prediction = reply["predictions"][0]
-        print(f"\nREST  POST /v1/models/{args.model_name}:predict → label={prediction['label']} "
-              f"score={prediction['score']:.4f}")
-        label, score = _predict_grpc(args.port, args.model_name, _SAMPLE)
-        print(f"gRPC  PredictionService/Predict → label={label} score={score:.4f}\n")
+        with TextClassifierClient(f"http://127.0.0.1:{args.rest_api_port}", args.model_name,
+                                  transport="rest") as rest:
+            (answer,) = rest.predict([_SAMPLE])
+        print(f"\nREST  POST /v1/models/{args.model_name}:predict → label={answer.label} "
+              f"score={answer.score:.4f}")
+        with TextClassifierClient(f"127.0.0.1:{args.port}", args.model_name, transport="grpc") as grpc_client:
+            (answer,) = grpc_client.predict([_SAMPLE])
+        print(f"gRPC  PredictionService/Predict → label={answer.label} score={answer.score:.4f}\n")
         print(f"try:  curl -d '{{\"instances\": [\"The striker scored twice in the cup final\"]}}' "
               f"localhost:{args.rest_api_port}/v1/models/{args.model_name}:predict")
         if args.exit:

@@ -75,3 +75,17 @@ def test_bbc_tfidf_reaches_target_accuracy(bbc_run):
     test = bbc_run.metrics["test"]
     assert test["count"] == 212
     assert test["accuracy"] >= 0.97, test  # 0.981 on the reference machine
+
+
+def test_demo_serves_the_export_and_answers_over_rest_and_grpc(tiny_run):
+    from tests.serving.conftest import free_port
+
+    shown = _textserve("demo", "--out", str(tiny_run.run_dir), f"--port={free_port()}",
+                       f"--rest_api_port={free_port()}", "--exit")
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "reusing the export" in shown.stdout
+    labels = {"cooking", "football", "markets", "space"}
+    rest_line = next(line for line in shown.stdout.splitlines() if line.startswith("REST"))
+    grpc_line = next(line for line in shown.stdout.splitlines() if line.startswith("gRPC"))
+    assert any(f"label={label} " in rest_line for label in labels)
+    assert rest_line.split("label=")[1] == grpc_line.split("label=")[1]  # same label and score both ways
