@@ -120,8 +120,7 @@ def _run_train(args) -> int:
 def _run_evaluate(args) -> int:
     from model.export import ExportedModel
     from pipeline.data import DataError, ingest
-    from pipeline.evaluate import classification_metrics, format_metrics
-    from preprocessing import names
+    from pipeline.evaluate import evaluate_export, format_metrics
 
     try:
         config = load_config(args.config, args.overrides)
@@ -129,8 +128,7 @@ def _run_evaluate(args) -> int:
         data = ingest(args.data, config.data, deduplicate=False)
     except (ValueError, FileNotFoundError, DataError) as error:
         return _fail(str(error))
-    predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
-    metrics = classification_metrics(data.labels, predicted, model.label_names)
+    metrics = evaluate_export(model, data)
     metrics["data_report"] = {k: data.report[k] for k in ("records_read", "records_kept", "dropped_by_reason")}
     print(format_metrics(f"{args.data} on {model.version_dir}", metrics))
     print("confusion matrix (rows true, columns predicted):", json.dumps(metrics["confusion_matrix"]))

@@ -8,8 +8,15 @@ served, not an in-memory object that could differ from it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from preprocessing import names
+
+if TYPE_CHECKING:  # only for annotations: importing TensorFlow here would slow every caller
+    from model.export import ExportedModel
+    from pipeline.data import Dataset
 
 
 def classification_metrics(
@@ -58,6 +65,12 @@ def classification_metrics(
         "per_class": per_class,
         "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
     }
+
+
+def evaluate_export(model: "ExportedModel", data: "Dataset") -> dict:
+    """Metrics of an exported model on labelled documents, from its own `serving_default` labels."""
+    predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
+    return classification_metrics(data.labels, predicted, model.label_names)
 
 
 def format_metrics(name: str, metrics: dict) -> str:

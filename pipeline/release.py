@@ -78,7 +78,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from model.export import ExportedModel, resolve_version_dir
 from pipeline.config import PipelineConfig, ReleaseConfig
 from pipeline.data import DataError, Dataset, ingest
-from pipeline.evaluate import classification_metrics
+from pipeline.evaluate import evaluate_export
 from preprocessing import names
 
 RELEASE_LOG = "release_log.jsonl"
@@ -578,12 +578,6 @@ def load_test_split(candidate: Candidate, config: PipelineConfig, data_path: str
         raise ReleaseError(f"{splits_file}: test id {error} is not in {source}.") from None
 
 
-def evaluate_model(model: ExportedModel, data: Dataset) -> dict:
-    """Accuracy, macro-F1 and per-class figures of an exported model on labelled documents."""
-    predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
-    return classification_metrics(data.labels, predicted, model.label_names)
-
-
 @dataclass(frozen=True)
 class Comparison:
     """Candidate against baseline on the same test split, and the gate's verdict.
@@ -733,14 +727,14 @@ def push(run_dir: str | Path, base_path: str | Path, config: PipelineConfig, opt
     try:
         test = load_test_split(candidate, config, options.data_path)
         log(f"test split: {len(test.ids)} documents from {options.data_path or candidate.card['data']['source']}")
-        candidate_metrics = evaluate_model(candidate.model, test)
+        candidate_metrics = evaluate_export(candidate.model, test)
         baseline_metrics, baseline_version = None, None
         latest = latest_complete_version(base_path)
         if latest is not None:
             baseline_version = latest[0]
             baseline_model = _load_model(_local_copy(latest[1], Path(scratch.name)),
                                          f"served version {baseline_version}")
-            baseline_metrics = evaluate_model(baseline_model, test)
+            baseline_metrics = evaluate_export(baseline_model, test)
             del baseline_model
         comparison = compare(candidate_metrics, baseline_metrics, baseline_version, config.release)
         table = format_comparison(comparison, f"candidate ({candidate.run_dir.name})")

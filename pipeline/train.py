@@ -31,7 +31,7 @@ from model.export import ExportedModel, export, write_model_card, write_warmup_r
 from model.network import TextClassifier
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, ingest, split_ids, write_json
-from pipeline.evaluate import classification_metrics
+from pipeline.evaluate import evaluate_export
 from pipeline.plots import plot_confusion_matrix, plot_history
 from preprocessing import names
 
@@ -99,11 +99,6 @@ def _verify_export(predict_fn, reloaded: ExportedModel, texts: list[str], tolera
             f"max |Δp| = {difference:.3g} > {tolerance:g} on {len(texts)} test documents."
         )
     return difference
-
-
-def _evaluate(model: ExportedModel, data: Dataset) -> dict:
-    predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
-    return classification_metrics(data.labels, predicted, model.label_names)
 
 
 def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
@@ -180,7 +175,7 @@ def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
         f"test documents (max |Δp| {difference:.2e})")
 
     log("[6/6] evaluating the exported model")
-    metrics = {"validation": _evaluate(reloaded, val_data), "test": _evaluate(reloaded, test_data)}
+    metrics = {"validation": evaluate_export(reloaded, val_data), "test": evaluate_export(reloaded, test_data)}
     metrics["verification"] = {"max_abs_difference": difference, "documents": len(test_data.ids)}
     write_json(run_dir / "metrics.json", metrics)
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], run_dir / "confusion_matrix.png")
