@@ -49,8 +49,22 @@ def write_corpus(bbc: Path, path: Path, count: int) -> Path:
 def train(bbc: Path, arch: str, workdir: Path) -> Path:
     run = workdir / f"run_{arch}"
     if not (run / "export").is_dir():
-        subprocess.run([sys.executable, "-m", "pipeline.cli", "train", "--data", str(bbc), "--out", str(run),
-                        "--set", f"model.arch={arch}", "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "train",
+                "--data",
+                str(bbc),
+                "--out",
+                str(run),
+                "--set",
+                f"model.arch={arch}",
+                "--quiet",
+            ],
+            check=True,
+        )
     return run / "export"
 
 
@@ -71,7 +85,7 @@ def ceiling(model_dir: Path, corpus: Path) -> tuple[int, float, dict]:
         for batch in batches:
             predict(text=batch)
         sweep[size] = sum(len(b) for b in batches) / (time.perf_counter() - started)
-    best = max(sweep, key=sweep.get)
+    best = max(sweep, key=lambda size: sweep[size])
     batches = [tf.constant(texts[i : i + best]) for i in range(0, len(texts), best)]
     started = time.perf_counter()
     for batch in batches:
@@ -85,11 +99,29 @@ def score(model_dir: Path, corpus: Path, out: Path, batch_size: int) -> tuple[di
         "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    command = [sys.executable, "-m", "pipeline.cli", "score", str(corpus), "--model", str(model_dir),
-               "--output", str(out), "--batch-size", str(batch_size), "--overwrite", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "score",
+        str(corpus),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--overwrite",
+        "--no-progress",
+    ]
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], check=True, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *command],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     wall = time.perf_counter() - started
     peak_kib = int(done.stdout.strip().splitlines()[-1])
     summary = json.loads(out.with_name(out.name.removesuffix(".jsonl") + ".summary.json").read_text())
@@ -98,7 +130,9 @@ def score(model_dir: Path, corpus: Path, out: Path, batch_size: int) -> tuple[di
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bbc")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "bbc"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scoring"))
     parser.add_argument("--model-bilstm", type=Path, help="existing bilstm export (skip training)")
     parser.add_argument("--model-tfidf", type=Path, help="existing tfidf export (skip training)")
@@ -112,13 +146,19 @@ def main() -> int:
     for arch in ("bilstm", "tfidf"):
         model_dir = getattr(args, f"model_{arch}") or train(args.data, arch, args.workdir)
         best, top, sweep = ceiling(model_dir, corpus)
-        print(f"{arch}: sweep {', '.join(f'{b}: {v:.0f}' for b, v in sweep.items())} docs/s; "
-              f"ceiling {top:.0f} docs/s at batch {best}", flush=True)
+        print(
+            f"{arch}: sweep {', '.join(f'{b}: {v:.0f}' for b, v in sweep.items())} docs/s; "
+            f"ceiling {top:.0f} docs/s at batch {best}",
+            flush=True,
+        )
         summary, wall, peak = score(model_dir, corpus, args.workdir / f"scored_{arch}.jsonl", best)
         rate = summary["docs_per_second"]
         rows.append((arch, best, top, rate, args.docs / wall, rate / top, peak))
-        print(f"{arch}: textserve score {rate:.0f} docs/s ({rate / top:.0%} of ceiling), wall {wall:.1f}s, "
-              f"peak RSS {peak / 1024:.0f} MiB", flush=True)
+        print(
+            f"{arch}: textserve score {rate:.0f} docs/s ({rate / top:.0%} of ceiling), wall {wall:.1f}s, "
+            f"peak RSS {peak / 1024:.0f} MiB",
+            flush=True,
+        )
 
     big = write_corpus(args.data, args.workdir / f"bbc_{args.memory_docs}.jsonl", args.memory_docs)
     tfidf_dir = args.model_tfidf or train(args.data, "tfidf", args.workdir)
@@ -126,13 +166,19 @@ def main() -> int:
     _, _, small_peak = score(tfidf_dir, corpus, args.workdir / "mem_small.jsonl", best_tfidf)
     _, big_wall, big_peak = score(tfidf_dir, big, args.workdir / "mem_big.jsonl", best_tfidf)
 
-    print("\n| model | best batch | ceiling (docs/s) | `textserve score` (docs/s) | incl. load + count (docs/s) "
-          "| % of ceiling | peak RSS |")
+    print(
+        "\n| model | best batch | ceiling (docs/s) | `textserve score` (docs/s) | incl. load + count (docs/s) "
+        "| % of ceiling | peak RSS |"
+    )
     print("|---|---|---|---|---|---|---|")
     for arch, best, top, rate, wall_rate, ratio, peak in rows:
-        print(f"| {arch} | {best} | {top:.0f} | {rate:.0f} | {wall_rate:.0f} | {ratio:.0%} | {peak / 1024:.0f} MiB |")
-    print(f"\n| documents (tfidf) | peak RSS |\n|---|---|\n| {args.docs:,} | {small_peak / 1024:.0f} MiB |\n"
-          f"| {args.memory_docs:,} | {big_peak / 1024:.0f} MiB ({big_peak / small_peak:.2f}×, {big_wall:.0f}s) |")
+        print(
+            f"| {arch} | {best} | {top:.0f} | {rate:.0f} | {wall_rate:.0f} | {ratio:.0%} | {peak / 1024:.0f} MiB |"
+        )
+    print(
+        f"\n| documents (tfidf) | peak RSS |\n|---|---|\n| {args.docs:,} | {small_peak / 1024:.0f} MiB |\n"
+        f"| {args.memory_docs:,} | {big_peak / 1024:.0f} MiB ({big_peak / small_peak:.2f}×, {big_wall:.0f}s) |"
+    )
     return 0
 
 

@@ -33,6 +33,7 @@ Exit code: 0 when it ran (targets met or not; see the table), 1 on an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -47,6 +48,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
@@ -78,7 +80,7 @@ def load_articles(data_dir: Path, limit: int, seed: int) -> list[str]:
     """Reads BBC articles (utf-8, latin-1 fallback, as the pipeline does), shuffled."""
     from pipeline.data import read_folder
 
-    texts = [record.text for record in read_folder(data_dir, "latin-1")]
+    texts = [record.text for record in read_folder(data_dir, "latin-1") if record.text]
     if not texts:
         raise SystemExit(f"no articles under {data_dir}; pass --data DIR (the BBC News folder)")
     random.Random(seed).shuffle(texts)
@@ -87,8 +89,17 @@ def load_articles(data_dir: Path, limit: int, seed: int) -> list[str]:
 
 def train_model(data_dir: Path, out_dir: Path) -> Path:
     """Trains the default (BiLSTM) model with the project CLI; returns its export dir."""
-    command = [sys.executable, "-m", "pipeline.cli", "train", "--data", str(data_dir),
-               "--out", str(out_dir), "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(out_dir),
+        "--quiet",
+    ]
     print(f"training: {' '.join(command)}", flush=True)
     subprocess.run(command, cwd=REPO_ROOT, env=_quiet_env(), check=True)
     return out_dir / "export"
@@ -104,8 +115,11 @@ def _quiet_env() -> dict[str, str]:
 def _version_dir(export_dir: Path) -> Path:
     if (export_dir / "saved_model.pb").is_file():
         return export_dir
-    versions = sorted((int(p.name), p) for p in export_dir.iterdir()
-                      if p.name.isdigit() and (p / "saved_model.pb").is_file())
+    versions = sorted(
+        (int(p.name), p)
+        for p in export_dir.iterdir()
+        if p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
     if not versions:
         raise SystemExit(f"{export_dir}: no <version>/saved_model.pb; pass --model RUN/export")
     return versions[-1][1]
@@ -140,7 +154,7 @@ def _ceiling_child(version_dir: str, texts: list[str], conn) -> None:
     loaded = tf.saved_model.load(version_dir)
     signature = loaded.signatures["serving_default"]
     servable = Servable(MODEL_NAME, 0, version_dir, ["serve"])
-    definition = servable.signature_defs["serving_default"]
+    definition: Any = servable.signature_defs["serving_default"]
     feed = definition.inputs[INPUT_KEY].name
     fetches = [definition.outputs[key].name for key in sorted(definition.outputs)]
 
@@ -156,8 +170,11 @@ def _ceiling_child(version_dir: str, texts: list[str], conn) -> None:
     conn.send({"labels": labels, "vm_hwm_mb": _proc_status_mb(os.getpid()).get("VmHWM")})
     while (command := conn.recv()) is not None:
         engine, batch_sizes, seconds, latency_samples = command
-        conn.send(_measure(session if engine == "session" else in_process, texts,
-                           batch_sizes, seconds, latency_samples))
+        conn.send(
+            _measure(
+                session if engine == "session" else in_process, texts, batch_sizes, seconds, latency_samples
+            )
+        )
     conn.close()
 
 
@@ -166,7 +183,7 @@ def _measure(predict, texts: list[str], batch_sizes, seconds: float, latency_sam
     n = len(texts)
     throughput = {}
     for batch_size in batch_sizes:
-        batches = [texts[start:start + batch_size] for start in range(0, n - batch_size + 1, batch_size)]
+        batches = [texts[start : start + batch_size] for start in range(0, n - batch_size + 1, batch_size)]
         batches = batches or [texts[:batch_size]]
         predict(batches[0])  # first call of a shape allocates; keep it off the clock
         docs = i = 0
@@ -182,7 +199,7 @@ def _measure(predict, texts: list[str], batch_sizes, seconds: float, latency_sam
         predict([texts[i % n]])
         latencies.append(time.perf_counter() - start)
     latencies.sort()
-    best = max(throughput, key=throughput.get)
+    best = max(throughput, key=lambda size: throughput[size])
     return {
         "docs_per_s_by_batch": {str(k): v for k, v in throughput.items()},
         "best_batch_size": best,
@@ -198,8 +215,7 @@ class Ceiling:
     def __init__(self, version_dir: Path, texts: list[str]):
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_ceiling_child, args=(str(version_dir), texts, child),
-                                daemon=True)
+        self.proc = ctx.Process(target=_ceiling_child, args=(str(version_dir), texts, child), daemon=True)
         self.proc.start()
         child.close()
         self.info = self._receive(300)
@@ -265,18 +281,34 @@ class Server:
         return "".join(self.lines)
 
 
-def start_server(export_dir: Path, batching_config: Path, extra_flags: list[str],
-                 probe_text: str, timeout_s: float) -> Server:
+def start_server(
+    export_dir: Path, batching_config: Path, extra_flags: list[str], probe_text: str, timeout_s: float
+) -> Server:
     """Spawns the model server with batching on; returns once it answered a REST Predict."""
     grpc_port, rest_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "serving", f"--port={grpc_port}",
-               f"--rest_api_port={rest_port}", f"--model_name={MODEL_NAME}",
-               f"--model_base_path={export_dir.resolve()}", "--enable_batching",
-               f"--batching_parameters_file={batching_config.resolve()}", *extra_flags]
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_name={MODEL_NAME}",
+        f"--model_base_path={export_dir.resolve()}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching_config.resolve()}",
+        *extra_flags,
+    ]
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=REPO_ROOT, env=_quiet_env(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace")
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=_quiet_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    )
     server = Server(proc, grpc_port, rest_port, command)
     ready = threading.Event()
 
@@ -304,7 +336,9 @@ def start_server(export_dir: Path, batching_config: Path, extra_flags: list[str]
         except (OSError, urllib.error.HTTPError) as e:
             if proc.poll() is not None or time.monotonic() > deadline:
                 stop_server(server)
-                raise SystemExit(f"the server never answered a Predict ({e}):\n" + server.output()[-4000:])
+                raise SystemExit(
+                    f"the server never answered a Predict ({e}):\n" + server.output()[-4000:]
+                ) from e
             time.sleep(0.05)
     server.first_answer_s = time.perf_counter() - started
     return server
@@ -333,10 +367,15 @@ def _predict_requests(texts: list[str]) -> list:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = MODEL_NAME
         request.model_spec.signature_name = "serving_default"
-        request.inputs[INPUT_KEY].CopyFrom(tensor_pb2.TensorProto(
-            dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)])))
+        request.inputs[INPUT_KEY].CopyFrom(
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_STRING,
+                string_val=[text.encode("utf-8")],
+                tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=1)]
+                ),
+            )
+        )
         requests.append(request)
     return requests
 
@@ -354,13 +393,15 @@ def _grpc_caller(target: str, texts: list[str]):
         def call(i: int) -> str:
             response = stub.Predict(requests[i % len(requests)], timeout=REQUEST_TIMEOUT_S)
             return response.outputs["label"].string_val[0].decode()
+
         return call
 
     return make_call, channel.close
 
 
-def _grpc_aio_cell(target: str, requests: list, callers: int, go_at: float, seconds: float,
-                   max_requests: int, offset: int) -> dict:
+def _grpc_aio_cell(
+    target: str, requests: list, callers: int, go_at: float, seconds: float, max_requests: int, offset: int
+) -> dict:
     """One cell with grpc.aio: `callers` coroutines on one channel and one event loop."""
     import asyncio
 
@@ -398,8 +439,14 @@ def _grpc_aio_cell(target: str, requests: list, callers: int, go_at: float, seco
 
     cpu0 = time.process_time()
     asyncio.run(cell())
-    return {"latencies": latencies, "errors": errors[:5], "error_count": len(errors),
-            "finished": time.monotonic(), "cpu_s": time.process_time() - cpu0, "labels": labels[:4]}
+    return {
+        "latencies": latencies,
+        "errors": errors[:5],
+        "error_count": len(errors),
+        "finished": time.monotonic(),
+        "cpu_s": time.process_time() - cpu0,
+        "labels": labels[:4],
+    }
 
 
 def _rest_caller(port: int, texts: list[str]):
@@ -424,6 +471,7 @@ def _rest_caller(port: int, texts: list[str]):
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {payload[:200]!r}")
             return orjson.loads(payload)["predictions"][0]["label"]
+
         return call
 
     def close():
@@ -440,8 +488,7 @@ def _client_process(transport: str, address, texts: list[str], conn) -> None:
         conn.send("ready")
         while (command := conn.recv()) is not None:
             threads, go_at, seconds, max_requests, offset = command
-            conn.send(_grpc_aio_cell(address, requests, threads, go_at, seconds, max_requests,
-                                     offset))
+            conn.send(_grpc_aio_cell(address, requests, threads, go_at, seconds, max_requests, offset))
         return
     if transport == "grpc":
         make_call, close = _grpc_caller(address, texts)
@@ -469,7 +516,7 @@ def _client_process(transport: str, address, texts: list[str], conn) -> None:
                 for _ in range(2):  # warm the connection outside the clock
                     labels.append(call(i))
                     i += 1
-            except Exception as e:  # noqa: BLE001 - reported with the results
+            except Exception as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 return
             barrier.wait()
@@ -485,7 +532,7 @@ def _client_process(transport: str, address, texts: list[str], conn) -> None:
                     break
                 try:
                     call(i)
-                except Exception as e:  # noqa: BLE001
+                except Exception as e:
                     errors.append(f"{type(e).__name__}: {str(e)[:300]}")
                 else:
                     mine.append(time.perf_counter() - start)
@@ -498,9 +545,16 @@ def _client_process(transport: str, address, texts: list[str], conn) -> None:
         for thread in pool:
             thread.join()
         finished = time.monotonic()
-        conn.send({"latencies": [x for part in latencies for x in part], "errors": errors[:5],
-                   "error_count": len(errors), "finished": finished,
-                   "cpu_s": time.process_time() - cpu0, "labels": labels[:4]})
+        conn.send(
+            {
+                "latencies": [x for part in latencies for x in part],
+                "errors": errors[:5],
+                "error_count": len(errors),
+                "finished": finished,
+                "cpu_s": time.process_time() - cpu0,
+                "labels": labels[:4],
+            }
+        )
     close()
 
 
@@ -513,8 +567,7 @@ class ClientPool:
         self.procs = []
         for _ in range(processes):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_client_process, args=(transport, address, texts, child),
-                               daemon=True)
+            proc = ctx.Process(target=_client_process, args=(transport, address, texts, child), daemon=True)
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -524,9 +577,10 @@ class ClientPool:
 
     def run(self, concurrency: int, seconds: float, max_requests: int) -> dict:
         """One cell: `concurrency` closed-loop callers for `seconds`; returns the stats."""
-        used = self.conns[:min(concurrency, len(self.conns))]
-        shares = [concurrency // len(used) + (1 if i < concurrency % len(used) else 0)
-                  for i in range(len(used))]
+        used = self.conns[: min(concurrency, len(self.conns))]
+        shares = [
+            concurrency // len(used) + (1 if i < concurrency % len(used) else 0) for i in range(len(used))
+        ]
         go_at = time.monotonic() + 3.0 + 0.05 * concurrency  # room for the warm-up calls
         for i, (conn, threads) in enumerate(zip(used, shares)):
             conn.send((threads, go_at, seconds, max(1, max_requests // len(used)), i * 104729))
@@ -553,10 +607,8 @@ class ClientPool:
 
     def close(self) -> None:
         for conn in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(None)
-            except OSError:
-                pass
         for proc in self.procs:
             proc.join(10)
             if proc.is_alive():
@@ -572,14 +624,24 @@ def evaluate_targets(ceiling: dict, cells: dict) -> list[dict]:
         c64 = cells.get(f"{transport}/64")
         if c64:
             ratio = c64["docs_per_s"] / ceiling["docs_per_s"]
-            rows.append({"target": f"{transport} c64 throughput >= {TARGET_C64_RATIO[transport]:.0%} of ceiling",
-                         "measured": f"{ratio:.0%}", "met": ratio >= TARGET_C64_RATIO[transport]})
+            rows.append(
+                {
+                    "target": f"{transport} c64 throughput >= {TARGET_C64_RATIO[transport]:.0%} of ceiling",
+                    "measured": f"{ratio:.0%}",
+                    "met": ratio >= TARGET_C64_RATIO[transport],
+                }
+            )
         c1 = cells.get(f"{transport}/1")
         if c1:
             limit = ceiling["single_doc_p50_ms"] + TARGET_C1_EXTRA_MS[transport]
-            rows.append({"target": f"{transport} c1 p50 <= in-process {ceiling['single_doc_p50_ms']:.2f} ms"
-                                   f" + {TARGET_C1_EXTRA_MS[transport]} ms",
-                         "measured": f"{c1['p50_ms']:.2f} ms", "met": c1["p50_ms"] <= limit})
+            rows.append(
+                {
+                    "target": f"{transport} c1 p50 <= in-process {ceiling['single_doc_p50_ms']:.2f} ms"
+                    f" + {TARGET_C1_EXTRA_MS[transport]} ms",
+                    "measured": f"{c1['p50_ms']:.2f} ms",
+                    "met": c1["p50_ms"] <= limit,
+                }
+            )
     return rows
 
 
@@ -590,8 +652,10 @@ def format_table(result: dict) -> str:
         f"{ceiling['docs_per_s']:.0f} docs/s; single-doc p50 {ceiling['single_doc_p50_ms']:.2f} ms "
         f"(best of {len(ceiling['rounds'])} rounds: "
         f"{', '.join(format(c['docs_per_s'], '.0f') for c in ceiling['rounds'])} docs/s)",
-        "in-process docs/s by batch size: " + ", ".join(
-            f"{size}: {value:.0f}" for size, value in ceiling["sweep"]["docs_per_s_by_batch"].items()),
+        "in-process docs/s by batch size: "
+        + ", ".join(
+            f"{size}: {value:.0f}" for size, value in ceiling["sweep"]["docs_per_s_by_batch"].items()
+        ),
         f"same model through the server's Session (serving.servable, no network, no batching): "
         f"{ceiling['session']['docs_per_s']:.0f} docs/s at batch {ceiling['best_batch_size']}; "
         f"single-doc p50 {ceiling['session']['single_doc_p50_ms']:.2f} ms",
@@ -610,7 +674,8 @@ def format_table(result: dict) -> str:
             f"| {transport} | {concurrency} | {cell['docs_per_s']:.0f} | "
             f"{cell['docs_per_s'] / ceiling['docs_per_s']:.0%} | {same_text} | {cell['p50_ms']:.2f} | "
             f"{cell['p99_ms']:.2f} | {cell['server_cpu_ms_per_request']:.2f} | "
-            f"{cell['client_cpu_ms_per_request']:.2f} | {cell['error_count']} |")
+            f"{cell['client_cpu_ms_per_request']:.2f} | {cell['error_count']} |"
+        )
     server = result["server"]
     lines += [
         "",
@@ -634,24 +699,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="an export dir (RUN/export); trains one when absent")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the BBC News folder")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/textserve_bench_serving"),
-                        help="where a trained model goes")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/textserve_bench_serving"),
+        help="where a trained model goes",
+    )
     parser.add_argument("--json", type=Path, help="result file (default WORKDIR/serving.json)")
     parser.add_argument("--batching-config", type=Path, default=DEFAULT_BATCHING_CONFIG)
-    parser.add_argument("--server-flag", action="append", default=None,
-                        help="tensorflow_model_server flag (repeatable; replaces the defaults "
-                             f"{' '.join(DEFAULT_SERVER_FLAGS)} when given)")
+    parser.add_argument(
+        "--server-flag",
+        action="append",
+        default=None,
+        help="tensorflow_model_server flag (repeatable; replaces the defaults "
+        f"{' '.join(DEFAULT_SERVER_FLAGS)} when given)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per cell")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternate ceiling and cells this many times; the best round counts")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternate ceiling and cells this many times; the best round counts",
+    )
     parser.add_argument("--max-requests", type=int, default=100_000, help="request cap per cell")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--transports", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest"])
-    parser.add_argument("--grpc-client", choices=["aio", "threads"], default="aio",
-                        help="grpc.aio coroutines on one channel per process, or threads on the "
-                             "blocking stub")
-    parser.add_argument("--client-processes", type=int, default=2,
-                        help="load-client processes per transport (threads are split across them)")
+    parser.add_argument(
+        "--grpc-client",
+        choices=["aio", "threads"],
+        default="aio",
+        help="grpc.aio coroutines on one channel per process, or threads on the blocking stub",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=2,
+        help="load-client processes per transport (threads are split across them)",
+    )
     parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=list(CEILING_BATCH_SIZES))
     parser.add_argument("--ceiling-seconds", type=float, default=4.0, help="time per ceiling batch size")
     parser.add_argument("--latency-samples", type=int, default=300)
@@ -679,8 +763,10 @@ def main(argv: list[str] | None = None) -> int:
     texts = load_articles(args.data, args.articles, args.seed)
     export_dir = args.model or train_model(args.data, args.workdir / "train")
     version_dir = _version_dir(export_dir)
-    print(f"model: {version_dir}; {len(texts)} articles, mean "
-          f"{statistics.fmean(map(len, texts)):.0f} chars", flush=True)
+    print(
+        f"model: {version_dir}; {len(texts)} articles, mean {statistics.fmean(map(len, texts)):.0f} chars",
+        flush=True,
+    )
     load_before = os.getloadavg()
 
     print("loading the model in-process ...", flush=True)
@@ -688,26 +774,34 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     pools: dict[str, ClientPool] = {}
     try:
-        sweep = model.measure("saved_model", args.ceiling_batch_sizes, args.ceiling_seconds,
-                              args.latency_samples)
+        sweep = model.measure(
+            "saved_model", args.ceiling_batch_sizes, args.ceiling_seconds, args.latency_samples
+        )
         best_batch = sweep["best_batch_size"]
         session = model.measure("session", [best_batch], args.ceiling_seconds, args.latency_samples)
-        print(f"  ceiling {sweep['docs_per_s']:.0f} docs/s at batch {best_batch} "
-              f"({', '.join(f'{k}: {v:.0f}' for k, v in sweep['docs_per_s_by_batch'].items())}); "
-              f"single doc p50 {sweep['single_doc_p50_ms']:.2f} ms; through the server's Session "
-              f"{session['docs_per_s']:.0f} docs/s, single doc p50 "
-              f"{session['single_doc_p50_ms']:.2f} ms", flush=True)
+        print(
+            f"  ceiling {sweep['docs_per_s']:.0f} docs/s at batch {best_batch} "
+            f"({', '.join(f'{k}: {v:.0f}' for k, v in sweep['docs_per_s_by_batch'].items())}); "
+            f"single doc p50 {sweep['single_doc_p50_ms']:.2f} ms; through the server's Session "
+            f"{session['docs_per_s']:.0f} docs/s, single doc p50 "
+            f"{session['single_doc_p50_ms']:.2f} ms",
+            flush=True,
+        )
 
         print("starting the server ...", flush=True)
-        server_flags = list(DEFAULT_SERVER_FLAGS) if args.server_flag is None else [
-            flag for flag in args.server_flag if flag]
-        server = start_server(export_dir, args.batching_config, server_flags, texts[0],
-                              timeout_s=300)
+        server_flags = (
+            list(DEFAULT_SERVER_FLAGS)
+            if args.server_flag is None
+            else [flag for flag in args.server_flag if flag]
+        )
+        server = start_server(export_dir, args.batching_config, server_flags, texts[0], timeout_s=300)
         pid = server.proc.pid
         memory_after_load = _proc_status_mb(pid)
-        print(f"  ready line after {server.ready_s:.1f} s, first Predict answered after "
-              f"{server.first_answer_s:.1f} s, VmRSS {memory_after_load.get('VmRSS', 0):.0f} MiB",
-              flush=True)
+        print(
+            f"  ready line after {server.ready_s:.1f} s, first Predict answered after "
+            f"{server.first_answer_s:.1f} s, VmRSS {memory_after_load.get('VmRSS', 0):.0f} MiB",
+            flush=True,
+        )
         answers = {"in_process": model.info["labels"][:2], "rest_first_answer": [server.probe_label]}
         for transport in args.transports:
             address = f"127.0.0.1:{server.grpc_port}" if transport == "grpc" else server.rest_port
@@ -715,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
             pools[transport] = ClientPool(kind, address, texts, args.client_processes)
             # The warm-up calls of a 1-caller cell send texts[0] and texts[1] first.
             answers[transport] = pools[transport].run(1, 0.1, 1)["labels"][:2]
-        answers_match = all(v == answers["in_process"][:len(v)] for v in answers.values())
+        answers_match = all(v == answers["in_process"][: len(v)] for v in answers.values())
         if not answers_match:
             print(f"WARNING: served labels differ from the in-process ones: {answers}", flush=True)
 
@@ -725,17 +819,24 @@ def main(argv: list[str] | None = None) -> int:
         rounds: dict[str, list[dict]] = {}
         for round_index in range(args.rounds):
             if round_index:
-                ceilings.append(model.measure("saved_model", [best_batch], args.ceiling_seconds,
-                                              args.latency_samples))
-                print(f"  round {round_index + 1}: ceiling {ceilings[-1]['docs_per_s']:.0f} docs/s, "
-                      f"single doc p50 {ceilings[-1]['single_doc_p50_ms']:.2f} ms", flush=True)
+                ceilings.append(
+                    model.measure("saved_model", [best_batch], args.ceiling_seconds, args.latency_samples)
+                )
+                print(
+                    f"  round {round_index + 1}: ceiling {ceilings[-1]['docs_per_s']:.0f} docs/s, "
+                    f"single doc p50 {ceilings[-1]['single_doc_p50_ms']:.2f} ms",
+                    flush=True,
+                )
             for transport in args.transports:
                 for concurrency in args.concurrency:
                     cell = _run_cell(pools[transport], pid, concurrency, args)
                     rounds.setdefault(f"{transport}/{concurrency}", []).append(cell)
-                    print(f"  round {round_index + 1}: {transport:4s} c{concurrency:<3d} "
-                          f"{cell['docs_per_s']:7.0f} docs/s  p50 {cell['p50_ms']:6.2f} ms  "
-                          f"p99 {cell['p99_ms']:7.2f} ms  errors {cell['error_count']}", flush=True)
+                    print(
+                        f"  round {round_index + 1}: {transport:4s} c{concurrency:<3d} "
+                        f"{cell['docs_per_s']:7.0f} docs/s  p50 {cell['p50_ms']:6.2f} ms  "
+                        f"p99 {cell['p99_ms']:7.2f} ms  errors {cell['error_count']}",
+                        flush=True,
+                    )
                     if cell["errors"]:
                         print(f"    first errors: {cell['errors']}", flush=True)
         memory_after_run = _proc_status_mb(pid)
@@ -762,20 +863,26 @@ def main(argv: list[str] | None = None) -> int:
         best["rounds_docs_per_s"] = [cell["docs_per_s"] for cell in measured]
         cells[key] = best
     result = {
-        "command": " ".join(["python", "benchmarks/bench_serving.py",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            ["python", "benchmarks/bench_serving.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "model": str(version_dir),
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg()},
-        "settings": {"seconds_per_cell": args.seconds, "rounds": args.rounds,
-                     "grpc_client": args.grpc_client,
-                     "client_processes": args.client_processes,
-                     "batching_parameters": args.batching_config.read_text(),
-                     "server_command": server.command[1:]},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "settings": {
+            "seconds_per_cell": args.seconds,
+            "rounds": args.rounds,
+            "grpc_client": args.grpc_client,
+            "client_processes": args.client_processes,
+            "batching_parameters": args.batching_config.read_text(),
+            "server_command": server.command[1:],
+        },
         "ceiling": ceiling,
-        "server": {"ready_s": server.ready_s, "first_answer_s": server.first_answer_s,
-                   "memory_after_load_mb": memory_after_load,
-                   "memory_after_run_mb": memory_after_run},
+        "server": {
+            "ready_s": server.ready_s,
+            "first_answer_s": server.first_answer_s,
+            "memory_after_load_mb": memory_after_load,
+            "memory_after_run_mb": memory_after_run,
+        },
         "cells": cells,
         "rounds": rounds,
         "answers": answers,

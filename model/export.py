@@ -162,10 +162,15 @@ def resolve_version_dir(path: str | Path) -> Path:
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path
-    versions = sorted(
-        (int(child.name), child)
-        for child in path.iterdir() if child.name.isdigit() and (child / "saved_model.pb").is_file()
-    ) if path.is_dir() else []
+    versions = (
+        sorted(
+            (int(child.name), child)
+            for child in path.iterdir()
+            if child.name.isdigit() and (child / "saved_model.pb").is_file()
+        )
+        if path.is_dir()
+        else []
+    )
     if not versions:
         raise FileNotFoundError(
             f"{path}: no SavedModel here (expected saved_model.pb, or numbered version "
@@ -194,7 +199,9 @@ class ExportedModel:
     def label_names(self) -> list[str]:
         """Class names in probability order, read from the graph itself (the `classify` classes)."""
         empty = tf.train.Example().SerializeToString()
-        classes = self._loaded.signatures[names.CLASSIFY_SIGNATURE](inputs=tf.constant([empty]))[names.CLASSES]
+        classes = self._loaded.signatures[names.CLASSIFY_SIGNATURE](inputs=tf.constant([empty]))[
+            names.CLASSES
+        ]
         return [label.decode("utf-8") for label in classes.numpy()[0]]
 
     def predict(self, texts: Sequence[str], batch_size: int = 256) -> dict[str, np.ndarray]:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipeline.config import ModelConfig, PreprocessingConfig
+from model.config import ModelConfig
+from preprocessing.config import PreprocessingConfig
 from preprocessing.text import SequenceFitter, TextStandardizer, load_stopwords, make_vectorizer
 
 
@@ -77,6 +78,7 @@ class TextClassifier:
         self.label_names = list(label_names)
         self.arch = model.arch
         self._model_config = model
+        self.fitter: SequenceFitter | None
         self.standardizer = TextStandardizer(load_stopwords(preprocessing.stopwords), name="standardizer")
         if model.arch == "bilstm":
             self.vectorizer = make_vectorizer(preprocessing.max_tokens, "int")
@@ -94,7 +96,9 @@ class TextClassifier:
         self.vectorizer.adapt(texts.map(self.standardizer, num_parallel_calls=tf.data.AUTOTUNE))
         vocab_size = self.vectorizer.vocabulary_size()
         if self.arch == "bilstm":
-            self.network = build_bilstm(vocab_size, self._sequence_length, len(self.label_names), self._model_config)
+            self.network = build_bilstm(
+                vocab_size, self._sequence_length, len(self.label_names), self._model_config
+            )
         else:
             self.network = build_tfidf_linear(vocab_size, len(self.label_names), self._model_config)
 
@@ -105,4 +109,6 @@ class TextClassifier:
 
     def __call__(self, texts: tf.Tensor) -> tf.Tensor:
         """Raw `tf.string` `[batch]` → probabilities float32 `[batch, classes]`."""
+        if self.network is None:
+            raise RuntimeError("TextClassifier.adapt() must run before the classifier is called")
         return self.network(self.features(texts), training=False)

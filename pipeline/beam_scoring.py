@@ -48,8 +48,19 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.scoring import (
-    _OUTPUT_SUFFIX, InputFile, LocalPredictor, OutputPaths, RowBatch, ScoreConfig, ScoringError, count_records,
-    csv_header, encode_rows, iter_records, record_problem, resolve_inputs,
+    _OUTPUT_SUFFIX,
+    InputFile,
+    LocalPredictor,
+    OutputPaths,
+    RowBatch,
+    ScoreConfig,
+    ScoringError,
+    count_records,
+    csv_header,
+    encode_rows,
+    iter_records,
+    record_problem,
+    resolve_inputs,
 )
 from preprocessing import names
 
@@ -66,8 +77,13 @@ class SavedModelSignatureHandler(ModelHandler[str, PredictionResult, Any]):
       max_batch_size: largest batch, i.e. the documents per signature call.
     """
 
-    def __init__(self, model_path: str, signature: str = names.PREDICT_SIGNATURE,
-                 min_batch_size: int = 1, max_batch_size: int = 256):
+    def __init__(
+        self,
+        model_path: str,
+        signature: str = names.PREDICT_SIGNATURE,
+        min_batch_size: int = 1,
+        max_batch_size: int = 256,
+    ):
         super().__init__()
         self._model_path = model_path
         self._signature = signature
@@ -80,13 +96,17 @@ class SavedModelSignatureHandler(ModelHandler[str, PredictionResult, Any]):
 
         return tf.saved_model.load(self._model_path)
 
-    def run_inference(self, batch: Sequence[str], model, inference_args: dict | None = None) -> Iterable[PredictionResult]:
+    def run_inference(
+        self, batch: Sequence[str], model, inference_args: dict | None = None
+    ) -> Iterable[PredictionResult]:
         """One signature call per batch; yields each text with its outputs (numpy) by name."""
         import tensorflow as tf
 
         outputs = model.signatures[self._signature](text=tf.constant(list(batch), dtype=tf.string))
         arrays = {key: value.numpy() for key, value in outputs.items()}
-        return [PredictionResult(text, {key: arrays[key][i] for key in arrays}) for i, text in enumerate(batch)]
+        return [
+            PredictionResult(text, {key: arrays[key][i] for key in arrays}) for i, text in enumerate(batch)
+        ]
 
     def batch_elements_kwargs(self) -> dict:
         return self._batch
@@ -127,13 +147,17 @@ class _EncodeRow(beam.DoFn):
         self._scored = Metrics.counter(_NAMESPACE, "scored")
 
     def process(self, keyed: tuple[dict, PredictionResult]) -> Iterator[bytes]:
+        record: Any
         record, result = keyed
-        outputs = result.inference
+        outputs: Any = result.inference
         self._scored.inc()
         rows = RowBatch(
-            ids=[record["id"]], labels=[outputs[names.PREDICTED_LABEL].decode("utf-8")],
+            ids=[record["id"]],
+            labels=[outputs[names.PREDICTED_LABEL].decode("utf-8")],
             scores=[float(outputs[names.SCORE])],
-            probabilities=np.asarray(outputs[names.PROBABILITIES])[np.newaxis, :] if self._prob_keys else None,
+            probabilities=np.asarray(outputs[names.PROBABILITIES])[np.newaxis, :]
+            if self._prob_keys
+            else None,
         )
         yield from encode_rows(rows, self._format, self._prob_keys)
 
@@ -144,18 +168,35 @@ def _write(rows, config: ScoreConfig, paths: OutputPaths, prob_keys: Sequence[st
         prefix, suffix, template = str(paths.shards[0]), "", ""
     else:
         first = str(paths.shards[0])
-        prefix, suffix, template = first[: first.rindex("-00000-of-")], _OUTPUT_SUFFIX[config.output_format], "-SSSSS-of-NNNNN"
-    common = {"file_path_prefix": prefix, "file_name_suffix": suffix, "num_shards": config.num_shards,
-              "shard_name_template": template}
+        prefix, suffix, template = (
+            first[: first.rindex("-00000-of-")],
+            _OUTPUT_SUFFIX[config.output_format],
+            "-SSSSS-of-NNNNN",
+        )
+    common: dict[str, Any] = {
+        "file_path_prefix": prefix,
+        "file_name_suffix": suffix,
+        "num_shards": config.num_shards,
+        "shard_name_template": template,
+    }
     if config.output_format == "tfrecord":
         return rows | "WriteTFRecord" >> beam.io.WriteToTFRecord(**common)
     header = csv_header(prob_keys) if config.output_format == "csv" else None
-    return (rows | "AsText" >> beam.Map(lambda record: record.decode("utf-8"))
-            | "WriteText" >> beam.io.WriteToText(header=header, **common))
+    return (
+        rows
+        | "AsText" >> beam.Map(lambda record: record.decode("utf-8"))
+        | "WriteText" >> beam.io.WriteToText(header=header, **common)
+    )
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, sources: Sequence[InputFile],
-                   version_dir: str, label_names: Sequence[str], paths: OutputPaths) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    config: ScoreConfig,
+    sources: Sequence[InputFile],
+    version_dir: str,
+    label_names: Sequence[str],
+    paths: OutputPaths,
+) -> None:
     """Adds the scoring steps to `pipeline` (see the module docstring)."""
     prob_keys = [names.probability_key(label) for label in label_names] if config.probabilities else []
     records = (
@@ -164,7 +205,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, sources: Sequen
         | "SpreadFiles" >> beam.Reshuffle()
         | "Read" >> beam.ParDo(_ReadRecords(config)).with_outputs("errors", main="records")
     )
-    handler = KeyedModelHandler(SavedModelSignatureHandler(version_dir, max_batch_size=config.batch_size))
+    handler: Any = KeyedModelHandler(
+        SavedModelSignatureHandler(version_dir, max_batch_size=config.batch_size)
+    )
     predictions = (
         records.records
         | "SpreadRecords" >> beam.Reshuffle()
@@ -173,9 +216,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, sources: Sequen
         | "Encode" >> beam.ParDo(_EncodeRow(config.output_format, prob_keys))
     )
     _write(predictions, config, paths, prob_keys)
-    (records.errors
-     | "ErrorRows" >> beam.Map(lambda row: orjson.dumps(row).decode("utf-8"))
-     | "WriteErrors" >> beam.io.WriteToText(str(paths.errors), num_shards=1, shard_name_template=""))
+    (
+        records.errors
+        | "ErrorRows" >> beam.Map(lambda row: orjson.dumps(row).decode("utf-8"))
+        | "WriteErrors" >> beam.io.WriteToText(str(paths.errors), num_shards=1, shard_name_template="")
+    )
 
 
 def run_beam_scoring(config: ScoreConfig, beam_args: str = "", log=print) -> dict:
@@ -193,7 +238,9 @@ def run_beam_scoring(config: ScoreConfig, beam_args: str = "", log=print) -> dic
         do not add up after the run.
     """
     if config.server:
-        raise ScoringError("--runner beam loads the model on the workers; drop --server (or use --runner tfdata).")
+        raise ScoringError(
+            "--runner beam loads the model on the workers; drop --server (or use --runner tfdata)."
+        )
     if config.resume:
         raise ScoringError("--resume is for the tf.data runner; a Beam runner retries failed work itself.")
     started = time.monotonic()
@@ -207,27 +254,41 @@ def run_beam_scoring(config: ScoreConfig, beam_args: str = "", log=print) -> dic
     label_names, version_dir = model.label_names, str(model.model.version_dir)
     del model
     options = PipelineOptions(shlex.split(beam_args))
-    log(f"scoring {total} documents from {len(sources)} input(s) with {version_dir} on Beam "
-        f"({beam_args or 'DirectRunner'})")
+    log(
+        f"scoring {total} documents from {len(sources)} input(s) with {version_dir} on Beam "
+        f"({beam_args or 'DirectRunner'})"
+    )
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config, sources, version_dir, label_names, paths)
     result = pipeline.run()
     result.wait_until_finish()
     counters = {
-        name: sum(c.committed or 0 for c in
-                  result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE).with_name(name))["counters"])
+        name: sum(
+            c.committed or 0
+            for c in result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE).with_name(name))[
+                "counters"
+            ]
+        )
         for name in ("read", "scored", "errored")
     }
     seconds = time.monotonic() - started
     if counters["read"] != counters["scored"] + counters["errored"] or counters["read"] != total:
         raise ScoringError(f"Beam counters do not add up: counted {total}, {counters}.")
     summary = {
-        "runner": "beam", "inputs": list(config.inputs), "documents_counted": total, **counters,
-        "seconds": round(seconds, 3), "docs_per_second": round(total / seconds, 1) if seconds else 0.0,
-        "outputs": [str(p) for p in paths.shards], "errors_file": str(paths.errors),
+        "runner": "beam",
+        "inputs": list(config.inputs),
+        "documents_counted": total,
+        **counters,
+        "seconds": round(seconds, 3),
+        "docs_per_second": round(total / seconds, 1) if seconds else 0.0,
+        "outputs": [str(p) for p in paths.shards],
+        "errors_file": str(paths.errors),
     }
     paths.summary.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-    log(f"read {counters['read']} = scored {counters['scored']} + errored {counters['errored']} in {seconds:.1f}s\n"
-        f"output: {paths.shards[0]}" + (f" ... ({config.num_shards} shards)" if config.num_shards > 1 else "")
-        + f"\nerrors: {paths.errors}")
+    log(
+        f"read {counters['read']} = scored {counters['scored']} + errored {counters['errored']} in {seconds:.1f}s\n"
+        f"output: {paths.shards[0]}"
+        + (f" ... ({config.num_shards} shards)" if config.num_shards > 1 else "")
+        + f"\nerrors: {paths.errors}"
+    )
     return summary

@@ -22,8 +22,9 @@ _SET_HELP = "override one setting, e.g. --set model.arch=tfidf (repeatable)"
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help=_SET_HELP)
+    parser.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help=_SET_HELP
+    )
 
 
 def default_cache_dir() -> Path:
@@ -41,44 +42,59 @@ def register(subparsers) -> None:
     keys = ", ".join(valid_keys())
 
     train = subparsers.add_parser(
-        "train", help="train, export and verify a model (ingest → split → train → export → verify)",
+        "train",
+        help="train, export and verify a model (ingest → split → train → export → verify)",
         description="Train a classifier and export one raw-string SavedModel to RUN_DIR/export/<version>/. "
         f"Settable keys: {keys}.",
     )
-    train.add_argument("--data", required=True, metavar="PATH",
-                       help="class-folder directory (e.g. ../shared/data/bbc) or CSV/TSV/JSONL file")
+    train.add_argument(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="class-folder directory (e.g. ../shared/data/bbc) or CSV/TSV/JSONL file",
+    )
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<timestamp>)")
     train.add_argument("--quiet", action="store_true", help="no per-step Keras progress bars")
     _add_config_args(train)
     train.set_defaults(run=_run_train)
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="metrics of an exported model on any labelled dataset",
+        "evaluate",
+        help="metrics of an exported model on any labelled dataset",
         description="Run an exported model's serving_default on labelled data and print accuracy, "
         "macro-F1, per-class figures and the confusion matrix.",
     )
-    evaluate.add_argument("--model", required=True, metavar="EXPORT_DIR",
-                          help="RUN/export (highest version) or RUN/export/<version>")
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        metavar="EXPORT_DIR",
+        help="RUN/export (highest version) or RUN/export/<version>",
+    )
     evaluate.add_argument("--data", required=True, metavar="PATH", help="labelled data, as for train")
     evaluate.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
     _add_config_args(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
     predict = subparsers.add_parser(
-        "predict", help="classify texts with an exported model (label<TAB>score per input)",
+        "predict",
+        help="classify texts with an exported model (label<TAB>score per input)",
         description="Classify the TEXT arguments, or one document per line of stdin when none are given.",
     )
-    predict.add_argument("--model", required=True, metavar="EXPORT_DIR",
-                         help="RUN/export (highest version) or RUN/export/<version>")
+    predict.add_argument(
+        "--model",
+        required=True,
+        metavar="EXPORT_DIR",
+        help="RUN/export (highest version) or RUN/export/<version>",
+    )
     predict.add_argument("texts", nargs="*", metavar="TEXT")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.set_defaults(run=_run_predict)
 
-    data = subparsers.add_parser("data", help="dataset utilities",
-                                 description="Dataset utilities.")
+    data = subparsers.add_parser("data", help="dataset utilities", description="Dataset utilities.")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_sub.add_parser(
-        "fetch", help="download a dataset into the cache and print its path",
+        "fetch",
+        help="download a dataset into the cache and print its path",
         description="Download the BBC News archive, check it (2,225 documents, 5 classes), "
         "and print the folder to pass to --data.",
     )
@@ -112,7 +128,7 @@ def _run_train(args) -> int:
         f"{test['macro_f1']:.4f} ({test['count']} documents)\n"
         f"export: {result.version_dir}\n"
         f"plots:  {run_dir / 'history.png'}, {run_dir / 'confusion_matrix.png'}\n"
-        f"try:    textserve predict --model {result.version_dir.parent} \"Shares rose after the merger\""
+        f'try:    textserve predict --model {result.version_dir.parent} "Shares rose after the merger"'
     )
     return 0
 
@@ -129,7 +145,9 @@ def _run_evaluate(args) -> int:
     except (ValueError, FileNotFoundError, DataError) as error:
         return _fail(str(error))
     metrics = evaluate_export(model, data)
-    metrics["data_report"] = {k: data.report[k] for k in ("records_read", "records_kept", "dropped_by_reason")}
+    metrics["data_report"] = {
+        k: data.report[k] for k in ("records_read", "records_kept", "dropped_by_reason")
+    }
     print(format_metrics(f"{args.data} on {model.version_dir}", metrics))
     print("confusion matrix (rows true, columns predicted):", json.dumps(metrics["confusion_matrix"]))
     if args.output:

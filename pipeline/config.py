@@ -20,14 +20,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from model.config import ARCHITECTURES, ModelConfig
+from preprocessing.config import PreprocessingConfig, check_choice
+
+__all__ = [
+    "ARCHITECTURES",
+    "ModelConfig",
+    "PipelineConfig",
+    "PreprocessingConfig",
+    "load_config",
+    "valid_keys",
+]
+
 DATA_FORMATS = ("auto", "folder", "csv", "tsv", "jsonl")
-ARCHITECTURES = ("bilstm", "tfidf")
 
 # Settings whose best value depends on the architecture. They apply unless the
 # file or a --set gives the key explicitly; the resolved value is what
@@ -35,8 +47,12 @@ ARCHITECTURES = ("bilstm", "tfidf")
 # larger step and more passes than the tutorial's BiLSTM.
 ARCH_DEFAULTS = {
     "bilstm": {},
-    "tfidf": {"train.learning_rate": 0.05, "train.epochs": 30, "train.early_stopping_patience": 5,
-              "model.dropout": 0.5},
+    "tfidf": {
+        "train.learning_rate": 0.05,
+        "train.epochs": 30,
+        "train.early_stopping_patience": 5,
+        "model.dropout": 0.5,
+    },
 }
 
 
@@ -52,7 +68,7 @@ class DataConfig:
     fallback_encoding: str = "latin-1"  # for files that are not valid UTF-8 (reported)
 
     def __post_init__(self):
-        _check_choice("data.format", self.format, DATA_FORMATS)
+        check_choice("data.format", self.format, DATA_FORMATS)
         columns = self.text_column
         if isinstance(columns, (str, int)):
             columns = (columns,)
@@ -74,43 +90,6 @@ class SplitConfig:
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ValueError(f"`split.{name}` must be in (0, 0.5), received {value!r}.")
-
-
-@dataclass(frozen=True)
-class PreprocessingConfig:
-    """In-graph text preprocessing (see preprocessing/text.py)."""
-
-    max_tokens: int = 5000  # vocabulary limit, padding and OOV included
-    sequence_length: int = 200
-    stopwords: str = "english"  # "english", "none", or a file with one word per line
-    padding: str = "post"
-    truncating: str = "post"
-
-    def __post_init__(self):
-        if self.max_tokens < 3:
-            raise ValueError(f"`preprocessing.max_tokens` must be >= 3, received {self.max_tokens!r}.")
-        if self.sequence_length < 1:
-            raise ValueError(
-                f"`preprocessing.sequence_length` must be >= 1, received {self.sequence_length!r}."
-            )
-        _check_choice("preprocessing.padding", self.padding, ("post", "pre"))
-        _check_choice("preprocessing.truncating", self.truncating, ("post", "pre"))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Network architecture; `arch` picks the builder in model/network.py."""
-
-    arch: str = "bilstm"
-    embedding_dim: int = 64
-    lstm_units: int = 64
-    dense_units: int = 64
-    ngrams: int = 2  # tfidf: unigrams and bigrams
-    tfidf_max_tokens: int = 20000  # tfidf: its own vocabulary (n-grams need more room)
-    dropout: float = 0.4  # bilstm: spatial dropout on embeddings; tfidf: dropout on features
-
-    def __post_init__(self):
-        _check_choice("model.arch", self.arch, ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -181,22 +160,16 @@ class PipelineConfig:
         return hashlib.sha256(self.to_toml().encode("utf-8")).hexdigest()[:16]
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{key}` must be one of {list(choices)}, received {value!r}.")
-
-
 def _sections() -> dict[str, type]:
-    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(PipelineConfig)}
+    return {
+        f.name: f.type if isinstance(f.type, type) else globals()[f.type]
+        for f in dataclasses.fields(PipelineConfig)
+    }
 
 
 def valid_keys() -> list[str]:
     """Every settable `section.key`, for error messages and --help."""
-    return [
-        f"{section}.{f.name}"
-        for section, cls in _sections().items()
-        for f in dataclasses.fields(cls)
-    ]
+    return [f"{section}.{f.name}" for section, cls in _sections().items() for f in dataclasses.fields(cls)]
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:
@@ -225,13 +198,11 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if key in ("data.label_column", "data.id_column") and isinstance(value, (str, int)):
         return value
     if not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
-        raise ValueError(
-            f"`{key}` must be of type {type(default).__name__}, received {value!r}."
-        )
+        raise ValueError(f"`{key}` must be of type {type(default).__name__}, received {value!r}.")
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> PipelineConfig:
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Resolves defaults, an optional TOML file and `--set` overrides into one config.
 
     Args:

@@ -167,8 +167,14 @@ def read_delimited(
             doc_id = f"{path.name}:{line}"
             needed = [i for i in [*text_idx, label_idx, id_idx] if i is not None]
             if max(needed) >= len(row):
-                yield Record(doc_id, None, None, str(path), line,
-                             f"row has {len(row)} fields, column index {max(needed)} is missing")
+                yield Record(
+                    doc_id,
+                    None,
+                    None,
+                    str(path),
+                    line,
+                    f"row has {len(row)} fields, column index {max(needed)} is missing",
+                )
                 continue
             if id_idx is not None and row[id_idx].strip():
                 doc_id = row[id_idx].strip()
@@ -177,7 +183,9 @@ def read_delimited(
             yield Record(doc_id, text, label or None, str(path), line, None, encoding)
 
 
-def read_jsonl(path: Path, config: DataConfig, *, text_keys: Sequence[str | int] | None = None) -> Iterator[Record]:
+def read_jsonl(
+    path: Path, config: DataConfig, *, text_keys: Sequence[str | int] | None = None
+) -> Iterator[Record]:
     """Yields one record per JSON Lines line; bad lines carry a `problem`."""
     text_keys = [str(k) for k in (text_keys if text_keys is not None else config.text_column)]
     with _open_text(path) as handle:
@@ -202,8 +210,15 @@ def read_jsonl(path: Path, config: DataConfig, *, text_keys: Sequence[str | int]
                 doc_id = str(obj[str(config.id_column)])
             text = " ".join(str(obj[k]) for k in text_keys if obj[k] is not None)
             label = obj.get(str(config.label_column))
-            yield Record(doc_id, text, None if label in (None, "") else str(label),
-                         str(path), line_number, None, encoding)
+            yield Record(
+                doc_id,
+                text,
+                None if label in (None, "") else str(label),
+                str(path),
+                line_number,
+                None,
+                encoding,
+            )
 
 
 def detect_format(path: Path, configured: str) -> str:
@@ -261,10 +276,12 @@ class Dataset:
                 digest.update(b"\0")
         return digest.hexdigest()
 
-    def subset(self, ids: Sequence[str]) -> "Dataset":
+    def subset(self, ids: Sequence[str]) -> Dataset:
         index = {doc_id: i for i, doc_id in enumerate(self.ids)}
         rows = [index[doc_id] for doc_id in ids]
-        return Dataset([self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows])
+        return Dataset(
+            [self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows]
+        )
 
 
 def _duplicate_key(text: str) -> str:
@@ -292,8 +309,13 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     path = Path(path)
     ignored: list[str] = []
     report: dict = {
-        "source": str(path), "records_read": 0, "ignored_files": ignored,
-        "decoded_with_fallback": [], "empty_text": [], "missing_label": [], "duplicates": [],
+        "source": str(path),
+        "records_read": 0,
+        "ignored_files": ignored,
+        "decoded_with_fallback": [],
+        "empty_text": [],
+        "missing_label": [],
+        "duplicates": [],
     }
     kept = Dataset([], [], [], report)
     first_seen: dict[str, tuple[int, Record]] = {}
@@ -304,13 +326,20 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
         if record.problem:
             raise DataError(f"{where}: {record.problem}.")
         if record.id in seen_ids:
-            raise DataError(f"{where}: document id {record.id!r} was already used at "
-                            f"{seen_ids[record.id].source}:{seen_ids[record.id].line}; ids must be unique.")
+            raise DataError(
+                f"{where}: document id {record.id!r} was already used at "
+                f"{seen_ids[record.id].source}:{seen_ids[record.id].line}; ids must be unique."
+            )
         seen_ids[record.id] = record
         if record.fallback_encoding:
             report["decoded_with_fallback"].append(
-                {"id": record.id, "where": where, "encoding": record.fallback_encoding,
-                 "reason": "not valid UTF-8"})
+                {
+                    "id": record.id,
+                    "where": where,
+                    "encoding": record.fallback_encoding,
+                    "reason": "not valid UTF-8",
+                }
+            )
         if not record.text or not record.text.strip():
             report["empty_text"].append({"id": record.id, "where": where})
             continue
@@ -319,7 +348,7 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
             continue
         key = _duplicate_key(record.text)
         if key in first_seen:
-            index, original = first_seen[key]
+            _index, original = first_seen[key]
             if original.label != record.label:
                 raise DataError(
                     f"the same text has two labels: {original.label!r} at {original.source}:{original.line} "
@@ -339,9 +368,11 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     report.update(
         records_kept=len(kept.ids),
         records_dropped=dropped,
-        dropped_by_reason={"empty_text": len(report["empty_text"]),
-                           "missing_label": len(report["missing_label"]),
-                           "duplicate": len(report["duplicates"])},
+        dropped_by_reason={
+            "empty_text": len(report["empty_text"]),
+            "missing_label": len(report["missing_label"]),
+            "duplicate": len(report["duplicates"]),
+        },
         classes=dict(sorted(Counter(kept.labels).items())),
         fingerprint=kept.fingerprint(),
     )

@@ -28,12 +28,15 @@ _SAMPLE = (
 def register(subparsers) -> None:
     """Adds `textserve demo`."""
     demo = subparsers.add_parser(
-        "demo", help="train on BBC News, serve the model, and show a REST and a gRPC prediction",
+        "demo",
+        help="train on BBC News, serve the model, and show a REST and a gRPC prediction",
         description="The whole path in one command: train (or reuse an existing export), start the "
         "server on it, call it over REST and gRPC, then keep serving until Ctrl-C.",
     )
     demo.add_argument("--data", metavar="PATH", help="BBC folder; fetched into the cache when omitted")
-    demo.add_argument("--out", default="runs/bbc", metavar="RUN_DIR", help="run directory (default: runs/bbc)")
+    demo.add_argument(
+        "--out", default="runs/bbc", metavar="RUN_DIR", help="run directory (default: runs/bbc)"
+    )
     demo.add_argument("--model_name", default="bbc_news", help="served model name (default: bbc_news)")
     demo.add_argument("--port", type=int, default=8500, help="gRPC port (default: 8500)")
     demo.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default: 8501)")
@@ -44,14 +47,21 @@ def register(subparsers) -> None:
 
 def _start_server(args, export_dir: Path) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "serving", f"--port={args.port}", f"--rest_api_port={args.rest_api_port}",
-        f"--model_name={args.model_name}", f"--model_base_path={export_dir.resolve()}",
+        sys.executable,
+        "-m",
+        "serving",
+        f"--port={args.port}",
+        f"--rest_api_port={args.rest_api_port}",
+        f"--model_name={args.model_name}",
+        f"--model_base_path={export_dir.resolve()}",
     ]
     print("$ textserve serve " + " ".join(command[3:]), flush=True)
-    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    server = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     from serving.server import READY_MESSAGE
 
+    assert server.stderr is not None  # stderr=PIPE
     for line in server.stderr:
         if READY_MESSAGE in line:
             print(line.strip(), flush=True)
@@ -80,23 +90,30 @@ def _run_demo(args) -> int:
         except (ValueError, DataError, FetchError, FileExistsError) as error:
             return _fail(str(error))
         test = result.metrics["test"]
-        print(f"trained in {result.seconds:.0f}s: test accuracy {test['accuracy']:.4f}, "
-              f"macro-F1 {test['macro_f1']:.4f}")
+        print(
+            f"trained in {result.seconds:.0f}s: test accuracy {test['accuracy']:.4f}, "
+            f"macro-F1 {test['macro_f1']:.4f}"
+        )
 
     from serving.client import TextClassifierClient
 
     server = _start_server(args, export_dir)
     try:
-        with TextClassifierClient(f"http://127.0.0.1:{args.rest_api_port}", args.model_name,
-                                  transport="rest") as rest:
+        with TextClassifierClient(
+            f"http://127.0.0.1:{args.rest_api_port}", args.model_name, transport="rest"
+        ) as rest:
             (answer,) = rest.predict([_SAMPLE])
-        print(f"\nREST  POST /v1/models/{args.model_name}:predict → label={answer.label} "
-              f"score={answer.score:.4f}")
+        print(
+            f"\nREST  POST /v1/models/{args.model_name}:predict → label={answer.label} "
+            f"score={answer.score:.4f}"
+        )
         with TextClassifierClient(f"127.0.0.1:{args.port}", args.model_name, transport="grpc") as grpc_client:
             (answer,) = grpc_client.predict([_SAMPLE])
         print(f"gRPC  PredictionService/Predict → label={answer.label} score={answer.score:.4f}\n")
-        print(f"try:  curl -d '{{\"instances\": [\"The striker scored twice in the cup final\"]}}' "
-              f"localhost:{args.rest_api_port}/v1/models/{args.model_name}:predict")
+        print(
+            f'try:  curl -d \'{{"instances": ["The striker scored twice in the cup final"]}}\' '
+            f"localhost:{args.rest_api_port}/v1/models/{args.model_name}:predict"
+        )
         if args.exit:
             return 0
         print("serving until Ctrl-C ...", flush=True)

@@ -36,9 +36,7 @@ def classification_metrics(
       rows are true classes and columns predicted classes.
     """
     if len(true_labels) != len(predicted_labels):
-        raise ValueError(
-            f"got {len(true_labels)} reference labels but {len(predicted_labels)} predictions."
-        )
+        raise ValueError(f"got {len(true_labels)} reference labels but {len(predicted_labels)} predictions.")
     labels = list(label_names) + sorted(set(true_labels) - set(label_names))
     index = {label: i for i, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
@@ -52,7 +50,9 @@ def classification_metrics(
         recall = correct[i] / true_totals[i] if true_totals[i] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = {
-            "precision": float(precision), "recall": float(recall), "f1": float(f1),
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
             "support": int(true_totals[i]),
         }
     # Macro-F1 over the classes that occur in the reference or the predictions.
@@ -67,7 +67,7 @@ def classification_metrics(
     }
 
 
-def evaluate_export(model: "ExportedModel", data: "Dataset") -> dict:
+def evaluate_export(model: ExportedModel, data: Dataset) -> dict:
     """Metrics of an exported model on labelled documents, from its own `serving_default` labels."""
     predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
     return classification_metrics(data.labels, predicted, model.label_names)
@@ -75,8 +75,10 @@ def evaluate_export(model: "ExportedModel", data: "Dataset") -> dict:
 
 def format_metrics(name: str, metrics: dict) -> str:
     """A short human-readable block: headline figures and per-class F1."""
-    lines = [f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-             f"({metrics['count']} documents)"]
+    lines = [
+        f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        f"({metrics['count']} documents)"
+    ]
     for label, values in metrics["per_class"].items():
         lines.append(
             f"  {label:<16} precision {values['precision']:.3f}  recall {values['recall']:.3f}  "

@@ -41,7 +41,9 @@ def check_bbc(root: Path) -> Path:
         raise FetchError(f"{root}: expected class folders {list(BBC_CLASSES)}, found {classes}.")
     count = sum(1 for c in classes for p in (root / c).iterdir() if p.is_file())
     if count != BBC_DOCUMENTS:
-        raise FetchError(f"{root}: expected {BBC_DOCUMENTS} documents, found {count}; delete it and fetch again.")
+        raise FetchError(
+            f"{root}: expected {BBC_DOCUMENTS} documents, found {count}; delete it and fetch again."
+        )
     return root
 
 

@@ -73,9 +73,11 @@ class InfraValidationResult:
     seconds: float
 
     def summary(self) -> str:
-        return (f"{self.warmup_requests} warmup requests (gRPC) and {self.documents} test documents "
-                f"(gRPC and REST) answered as in-process, max |Δp| {self.max_abs_difference:.2e}, "
-                f"{self.seconds:.1f}s, server: {self.server}")
+        return (
+            f"{self.warmup_requests} warmup requests (gRPC) and {self.documents} test documents "
+            f"(gRPC and REST) answered as in-process, max |Δp| {self.max_abs_difference:.2e}, "
+            f"{self.seconds:.1f}s, server: {self.server}"
+        )
 
 
 def find_model_server() -> tuple[str, ...]:
@@ -109,15 +111,24 @@ class _Server:
         self.grpc_port, self.rest_port = _free_port(), _free_port()
         # No load retries: production retries a failed load for minutes, validation
         # should report it at once (TF Serving then exits at start-up).
-        self.command = [*command, f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-                        f"--model_name={model_name}", f"--model_base_path={base_path}",
-                        "--max_num_load_retries=0"]
+        self.command = [
+            *command,
+            f"--port={self.grpc_port}",
+            f"--rest_api_port={self.rest_port}",
+            f"--model_name={model_name}",
+            f"--model_base_path={base_path}",
+            "--max_num_load_retries=0",
+        ]
         self.model_name = model_name
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT,
-                                     preexec_fn=_parent_death_signal())
+        self.proc = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_parent_death_signal(),
+        )
 
     def log_tail(self) -> str:
         self._log.flush()
@@ -126,7 +137,8 @@ class _Server:
     def fail(self, reason: str) -> InfraValidationError:
         return InfraValidationError(
             f"infra validation failed: {reason}\nserver: {' '.join(self.command)}\n"
-            f"--- server output (end) ---\n{self.log_tail()}")
+            f"--- server output (end) ---\n{self.log_tail()}"
+        )
 
     def wait_available(self, timeout_s: float) -> None:
         """Polls the REST model-status URL until version 1 is AVAILABLE."""
@@ -176,25 +188,34 @@ def read_warmup_requests(version_dir: Path) -> list[predict_pb2.PredictRequest]:
     return requests
 
 
-def _compare(where: str, texts: Sequence[str], labels: Sequence[str], probabilities: np.ndarray,
-             expected: dict[str, np.ndarray], tolerance: float) -> float:
+def _compare(
+    where: str,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    probabilities: np.ndarray,
+    expected: dict[str, np.ndarray],
+    tolerance: float,
+) -> float:
     """Checks served answers against in-process ones; returns the largest probability difference."""
     want_labels = [label.decode("utf-8") for label in expected[names.PREDICTED_LABEL]]
     want = expected[names.PROBABILITIES]
     if probabilities.shape != want.shape:
         raise InfraValidationError(
             f"infra validation failed: {where} returned probabilities of shape {probabilities.shape}, "
-            f"in-process {want.shape}")
+            f"in-process {want.shape}"
+        )
     difference = float(np.max(np.abs(probabilities - want))) if len(texts) else 0.0
     for i, (got, wanted) in enumerate(zip(labels, want_labels)):
         if got != wanted:
             raise InfraValidationError(
                 f"infra validation failed: {where} labelled document {i} ({texts[i][:60]!r}) {got!r}, "
-                f"in-process {wanted!r}")
+                f"in-process {wanted!r}"
+            )
     if difference > tolerance:
         raise InfraValidationError(
             f"infra validation failed: {where} probabilities differ from in-process by {difference:.3g} "
-            f"> tolerance {tolerance:g}")
+            f"> tolerance {tolerance:g}"
+        )
     return difference
 
 
@@ -216,9 +237,17 @@ def _rest_predict(port: int, model_name: str, texts: Sequence[str]) -> tuple[lis
     return labels, np.array([row[names.PROBABILITIES] for row in predictions], dtype=np.float32)
 
 
-def validate(version_dir: Path, model: ExportedModel, texts: Sequence[str], model_name: str, *,
-             server_command: Sequence[str], scratch_dir: Path, tolerance: float,
-             timeout_s: float = 300.0) -> InfraValidationResult:
+def validate(
+    version_dir: Path,
+    model: ExportedModel,
+    texts: Sequence[str],
+    model_name: str,
+    *,
+    server_command: Sequence[str],
+    scratch_dir: Path,
+    tolerance: float,
+    timeout_s: float = 300.0,
+) -> InfraValidationResult:
     """Serves the candidate on loopback and checks its gRPC and REST answers.
 
     Args:
@@ -255,9 +284,20 @@ def validate(version_dir: Path, model: ExportedModel, texts: Sequence[str], mode
                 try:
                     labels, probabilities = _grpc_predict(stub, request)
                 except grpc.RpcError as error:
-                    raise server.fail(f"warmup request {i} over gRPC: {error.code().name} {error.details()}") from None
-                difference = max(difference, _compare(f"gRPC warmup request {i}", sent, labels, probabilities,
-                                                      model.predict(sent), tolerance))
+                    raise server.fail(
+                        f"warmup request {i} over gRPC: {error.code().name} {error.details()}"
+                    ) from None
+                difference = max(
+                    difference,
+                    _compare(
+                        f"gRPC warmup request {i}",
+                        sent,
+                        labels,
+                        probabilities,
+                        model.predict(sent),
+                        tolerance,
+                    ),
+                )
             expected = model.predict(list(texts))
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
@@ -266,17 +306,23 @@ def validate(version_dir: Path, model: ExportedModel, texts: Sequence[str], mode
             try:
                 labels, probabilities = _grpc_predict(stub, request)
             except grpc.RpcError as error:
-                raise server.fail(f"gRPC Predict of {len(texts)} test documents: "
-                                  f"{error.code().name} {error.details()}") from None
-            difference = max(difference, _compare("gRPC Predict", texts, labels, probabilities, expected, tolerance))
+                raise server.fail(
+                    f"gRPC Predict of {len(texts)} test documents: {error.code().name} {error.details()}"
+                ) from None
+            difference = max(
+                difference, _compare("gRPC Predict", texts, labels, probabilities, expected, tolerance)
+            )
         try:
             labels, probabilities = _rest_predict(server.rest_port, model_name, texts)
         except urllib.error.HTTPError as error:
             raise server.fail(f"REST predict: HTTP {error.code} {error.read()[:500]!r}") from None
         except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
             raise server.fail(f"REST predict: {error}") from None
-        difference = max(difference, _compare("REST predict", texts, labels, probabilities, expected, tolerance))
+        difference = max(
+            difference, _compare("REST predict", texts, labels, probabilities, expected, tolerance)
+        )
     finally:
         server.stop()
-    return InfraValidationResult(" ".join(server_command), len(warmup), len(texts), difference,
-                                 time.monotonic() - started)
+    return InfraValidationResult(
+        " ".join(server_command), len(warmup), len(texts), difference, time.monotonic() - started
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_history(history: dict[str, list[float]], path: Path) -> Path:
@@ -24,7 +24,9 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
         ax.plot(epochs, history.get(metric, []), marker="o", label=f"train {metric}")
         ax.plot(epochs, history.get(f"val_{metric}", []), marker="o", label=f"validation {metric}")
         if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"restored (epoch {best_epoch})")
+            ax.axvline(
+                best_epoch, color="grey", linestyle="--", linewidth=1, label=f"restored (epoch {best_epoch})"
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.set_title(metric.capitalize())
@@ -51,8 +53,9 @@ def plot_confusion_matrix(confusion: dict, path: Path, title: str = "Test confus
     peak = max((max(row) for row in matrix), default=0)
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            ax.text(j, i, str(value), ha="center", va="center",
-                    color="white" if value > peak / 2 else "black")
+            ax.text(
+                j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black"
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

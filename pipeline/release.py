@@ -113,7 +113,7 @@ class ReleaseError(RuntimeError):
 class GateRefused(ReleaseError):
     """The candidate is below a threshold or worse than the served baseline."""
 
-    def __init__(self, message: str, comparison: "Comparison"):
+    def __init__(self, message: str, comparison: Comparison):
         super().__init__(message, exit_code=1)
         self.comparison = comparison
 
@@ -129,7 +129,7 @@ def normalize_base_path(path: str | Path) -> str:
     """Makes a local base path absolute (as TF Serving needs); URLs are kept as given."""
     path = str(path)
     if path.startswith("file://"):
-        path = path[len("file://"):]
+        path = path[len("file://") :]
     if "://" in path:
         return path.rstrip("/")
     return os.path.abspath(path)
@@ -177,7 +177,11 @@ def copy_plan(source_dir: str) -> tuple[list[str], list[str]]:
     """
     directories, files = [], []
     for root, subdirs, filenames in tf.io.gfile.walk(source_dir):
-        relative_root = os.path.relpath(root, source_dir) if "://" not in source_dir else root[len(source_dir):].strip("/")
+        relative_root = (
+            os.path.relpath(root, source_dir)
+            if "://" not in source_dir
+            else root[len(source_dir) :].strip("/")
+        )
         relative_root = "" if relative_root == "." else relative_root
         directories += [posixpath.join(relative_root, d.rstrip("/")) for d in subdirs]
         files += [posixpath.join(relative_root, f) for f in filenames]
@@ -268,8 +272,10 @@ def _reconcile_log(base_path: str, log: Callable[[str], None]) -> None:
             continue
         record = _read_version_record(path)
         if record is not None and record.get("version") == version:
-            _append_record(base_path, {**record, "recovered": "published by an interrupted push; "
-                                                              "record restored from the version"})
+            _append_record(
+                base_path,
+                {**record, "recovered": "published by an interrupted push; record restored from the version"},
+            )
             log(f"release log: restored the record of version {version} (its push ended before logging)")
 
 
@@ -308,7 +314,7 @@ class PushLock:
         self.token = secrets.token_hex(8)
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}
 
-    def __enter__(self) -> "PushLock":
+    def __enter__(self) -> PushLock:
         deadline = time.monotonic() + self.timeout_s
         announced = False
         while not self._try_acquire():
@@ -319,7 +325,9 @@ class PushLock:
             if time.monotonic() > deadline:
                 raise ReleaseError(
                     f"another push holds {self.path} ({holder}); waited {self.timeout_s:.0f}s. "
-                    f"Retry when it has finished; if no push is running, delete the file.", exit_code=1)
+                    f"Retry when it has finished; if no push is running, delete the file.",
+                    exit_code=1,
+                )
             if not announced:
                 self.log(f"waiting for another push to {self.base_path} ({holder}) ...")
                 announced = True
@@ -373,9 +381,9 @@ class PushLock:
             return None
 
     def _is_stale(self, holder: dict) -> bool:
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            if not _pid_alive(holder["pid"]):
-                return True
+        on_this_host = holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+        if on_this_host and not _pid_alive(holder["pid"]):
+            return True
         return time.time() - float(holder.get("time", 0)) > _STALE_LOCK_S
 
     def _break(self, holder: dict) -> None:
@@ -438,19 +446,28 @@ def _prepare_base_path(base_path: str, log: Callable[[str], None]) -> str:
     except (tf.errors.OpError, OSError) as error:
         raise ReleaseError(
             f"cannot write to the model base path {base_path}: {getattr(error, 'message', error)}. "
-            f"Pass a --model-base-path this user can create files in.") from error
+            f"Pass a --model-base-path this user can create files in."
+        ) from error
     return staging
 
 
 def _next_version(base_path: str) -> int:
     """1 + the largest version number ever used in PATH (directories and log), so no number is reused."""
     used = set(version_dirs(base_path))
-    used |= {record["version"] for record in read_release_log(base_path)[0] if isinstance(record["version"], int)}
+    used |= {
+        record["version"] for record in read_release_log(base_path)[0] if isinstance(record["version"], int)
+    }
     return max(used, default=0) + 1
 
 
-def _publish(source_dir: str, base_path: str, staging: str, record: dict, lock_timeout_s: float,
-             log: Callable[[str], None]) -> tuple[int, dict]:
+def _publish(
+    source_dir: str,
+    base_path: str,
+    staging: str,
+    record: dict,
+    lock_timeout_s: float,
+    log: Callable[[str], None],
+) -> tuple[int, dict]:
     """Copies a version into PATH under a new number and logs it; see the module docstring.
 
     Returns:
@@ -465,8 +482,12 @@ def _publish(source_dir: str, base_path: str, staging: str, record: dict, lock_t
         target = _join(base_path, str(version))
         if tf.io.gfile.exists(target):  # cannot happen with cooperating pushes; never overwrite
             raise ReleaseError(f"{target} already exists; refusing to overwrite a version.", exit_code=1)
-        record = {**record, "version": version, "path": target,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            **record,
+            "version": version,
+            "path": target,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         record_bytes = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
         record_path = posixpath.join(names.ASSETS_EXTRA, RECORD_FILE)
         if atomic:
@@ -476,8 +497,9 @@ def _publish(source_dir: str, base_path: str, staging: str, record: dict, lock_t
             try:
                 tf.io.gfile.rename(staged, target, overwrite=False)
             except tf.errors.OpError as error:
-                raise ReleaseError(f"could not move the new version into place at {target}: "
-                                   f"{error.message}", exit_code=1) from error
+                raise ReleaseError(
+                    f"could not move the new version into place at {target}: {error.message}", exit_code=1
+                ) from error
         else:
             lock.note_version(version)
             _copy_version(source_dir, target, {record_path: record_bytes})
@@ -510,14 +532,18 @@ def _load_model(version_dir: Path, what: str) -> ExportedModel:
     try:
         saved_model_pb2.SavedModel.FromString(pb_path.read_bytes())
     except (OSError, protobuf_message.DecodeError) as error:
-        raise ReleaseError(f"{what}: {pb_path} is not a readable SavedModel ({error}). "
-                           f"Re-export it (textserve train) instead of pushing it.") from error
+        raise ReleaseError(
+            f"{what}: {pb_path} is not a readable SavedModel ({error}). "
+            f"Re-export it (textserve train) instead of pushing it."
+        ) from error
     try:
         return ExportedModel(version_dir)
     except (tf.errors.OpError, ValueError, OSError, KeyError) as error:
         message = getattr(error, "message", None) or str(error)
-        raise ReleaseError(f"{what}: {version_dir} does not load as a SavedModel: {message.splitlines()[0]}. "
-                           f"Re-export it (textserve train) instead of pushing it.") from error
+        raise ReleaseError(
+            f"{what}: {version_dir} does not load as a SavedModel: {message.splitlines()[0]}. "
+            f"Re-export it (textserve train) instead of pushing it."
+        ) from error
 
 
 def load_candidate(run_dir: str | Path) -> Candidate:
@@ -538,12 +564,16 @@ def load_candidate(run_dir: str | Path) -> Candidate:
         ) from None
     model = _load_model(version_dir, "candidate")
     if not model.card:
-        raise ReleaseError(f"{version_dir}/{names.ASSETS_EXTRA}/{names.MODEL_CARD_FILE} is missing: "
-                           f"without it the push has no lineage. Export with textserve train.")
+        raise ReleaseError(
+            f"{version_dir}/{names.ASSETS_EXTRA}/{names.MODEL_CARD_FILE} is missing: "
+            f"without it the push has no lineage. Export with textserve train."
+        )
     return Candidate(run_dir, version_dir, model, model.card)
 
 
-def load_test_split(candidate: Candidate, config: PipelineConfig, data_path: str | Path | None = None) -> Dataset:
+def load_test_split(
+    candidate: Candidate, config: PipelineConfig, data_path: str | Path | None = None
+) -> Dataset:
     """Re-reads the run's data and cuts the test documents listed in its splits.json.
 
     Args:
@@ -559,8 +589,10 @@ def load_test_split(candidate: Candidate, config: PipelineConfig, data_path: str
     if not splits_file.is_file():
         raise ReleaseError(f"{splits_file} is missing: the gate needs the run's test split.")
     if not source.exists():
-        raise ReleaseError(f"the run's data {source} (model card data.source) is not there; "
-                           f"pass --data PATH to where it is now.")
+        raise ReleaseError(
+            f"the run's data {source} (model card data.source) is not there; "
+            f"pass --data PATH to where it is now."
+        )
     try:
         dataset = ingest(source, config.data)
     except DataError as error:
@@ -570,7 +602,8 @@ def load_test_split(candidate: Candidate, config: PipelineConfig, data_path: str
         raise ReleaseError(
             f"the data at {source} changed since training (fingerprint {dataset.report['fingerprint'][:12]} "
             f"!= {expected[:12]} in the model card), so the run's test split cannot be rebuilt; "
-            f"pass --data PATH with the data the run was trained on.")
+            f"pass --data PATH with the data the run was trained on."
+        )
     test_ids = json.loads(splits_file.read_text("utf-8"))["test"]
     try:
         return dataset.subset(test_ids)
@@ -601,8 +634,9 @@ class Comparison:
         return not self.failures
 
 
-def compare(candidate: dict, baseline: dict | None, baseline_version: int | None,
-            thresholds: ReleaseConfig) -> Comparison:
+def compare(
+    candidate: dict, baseline: dict | None, baseline_version: int | None, thresholds: ReleaseConfig
+) -> Comparison:
     """Applies the absolute floors and the allowed regression against the baseline."""
     failures = []
     for metric, floor in (("accuracy", thresholds.min_accuracy), ("macro_f1", thresholds.min_macro_f1)):
@@ -611,35 +645,53 @@ def compare(candidate: dict, baseline: dict | None, baseline_version: int | None
         if baseline is not None and candidate[metric] < baseline[metric] - thresholds.max_regression:
             failures.append(
                 f"{metric} {candidate[metric]:.4f} is more than release.max_regression "
-                f"{thresholds.max_regression:.4f} below version {baseline_version}'s {baseline[metric]:.4f}")
+                f"{thresholds.max_regression:.4f} below version {baseline_version}'s {baseline[metric]:.4f}"
+            )
     return Comparison(candidate, baseline, baseline_version, thresholds, tuple(failures))
 
 
 def format_comparison(comparison: Comparison, candidate_name: str) -> str:
     """The side-by-side table the push prints: headline metrics, per-class F1, the bar to meet."""
-    baseline_name = (f"version {comparison.baseline_version}" if comparison.baseline is not None
-                     else "(nothing served)")
+    baseline_name = (
+        f"version {comparison.baseline_version}" if comparison.baseline is not None else "(nothing served)"
+    )
     t = comparison.thresholds
     rows = [("metric", candidate_name, baseline_name, "required")]
     for metric, floor in (("accuracy", t.min_accuracy), ("macro_f1", t.min_macro_f1)):
         required = f">= {floor:.4f}"
         if comparison.baseline is not None:
             required += f" and >= {comparison.baseline[metric] - t.max_regression:.4f}"
-        rows.append((metric, f"{comparison.candidate[metric]:.4f}",
-                     f"{comparison.baseline[metric]:.4f}" if comparison.baseline else "-", required))
+        rows.append(
+            (
+                metric,
+                f"{comparison.candidate[metric]:.4f}",
+                f"{comparison.baseline[metric]:.4f}" if comparison.baseline else "-",
+                required,
+            )
+        )
     classes = list(comparison.candidate["per_class"])
     if comparison.baseline is not None:
         classes += [c for c in comparison.baseline["per_class"] if c not in classes]
     for label in classes:
         cand = comparison.candidate["per_class"].get(label)
         base = comparison.baseline["per_class"].get(label) if comparison.baseline else None
-        rows.append((f"  F1 {label}", f"{cand['f1']:.4f}" if cand else "-", f"{base['f1']:.4f}" if base else "-", ""))
-    rows.append(("documents", str(comparison.candidate["count"]),
-                 str(comparison.baseline["count"]) if comparison.baseline else "-", ""))
+        rows.append(
+            (f"  F1 {label}", f"{cand['f1']:.4f}" if cand else "-", f"{base['f1']:.4f}" if base else "-", "")
+        )
+    rows.append(
+        (
+            "documents",
+            str(comparison.candidate["count"]),
+            str(comparison.baseline["count"]) if comparison.baseline else "-",
+            "",
+        )
+    )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    verdict = ["gate: PASS"] if comparison.passed else ["gate: FAIL", *(f"  - {f}" for f in comparison.failures)]
+    verdict = (
+        ["gate: PASS"] if comparison.passed else ["gate: FAIL", *(f"  - {f}" for f in comparison.failures)]
+    )
     return "\n".join(lines + verdict)
 
 
@@ -694,8 +746,14 @@ class PushResult:
     comparison: Comparison
 
 
-def push(run_dir: str | Path, base_path: str | Path, config: PipelineConfig, options: PushOptions,
-         *, log: Callable[[str], None] = print) -> PushResult:
+def push(
+    run_dir: str | Path,
+    base_path: str | Path,
+    config: PipelineConfig,
+    options: PushOptions,
+    *,
+    log: Callable[[str], None] = print,
+) -> PushResult:
     """Gates, validates and publishes a run's export as the next version under `base_path`.
 
     Args:
@@ -718,7 +776,9 @@ def push(run_dir: str | Path, base_path: str | Path, config: PipelineConfig, opt
     from pipeline.infra_validation import validate
 
     if (options.force or options.infra_validation is None) and not (options.reason or "").strip():
-        raise ReleaseError("--force and --skip-infra-validation need --reason TEXT; it goes into the release log.")
+        raise ReleaseError(
+            "--force and --skip-infra-validation need --reason TEXT; it goes into the release log."
+        )
     base_path = normalize_base_path(base_path)
     candidate = load_candidate(run_dir)
     log(f"candidate: {candidate.version_dir}")
@@ -726,35 +786,48 @@ def push(run_dir: str | Path, base_path: str | Path, config: PipelineConfig, opt
     scratch = tempfile.TemporaryDirectory(prefix="textserve-push-")
     try:
         test = load_test_split(candidate, config, options.data_path)
-        log(f"test split: {len(test.ids)} documents from {options.data_path or candidate.card['data']['source']}")
+        log(
+            f"test split: {len(test.ids)} documents from {options.data_path or candidate.card['data']['source']}"
+        )
         candidate_metrics = evaluate_export(candidate.model, test)
         baseline_metrics, baseline_version = None, None
         latest = latest_complete_version(base_path)
         if latest is not None:
             baseline_version = latest[0]
-            baseline_model = _load_model(_local_copy(latest[1], Path(scratch.name)),
-                                         f"served version {baseline_version}")
+            baseline_model = _load_model(
+                _local_copy(latest[1], Path(scratch.name)), f"served version {baseline_version}"
+            )
             baseline_metrics = evaluate_export(baseline_model, test)
             del baseline_model
         comparison = compare(candidate_metrics, baseline_metrics, baseline_version, config.release)
         table = format_comparison(comparison, f"candidate ({candidate.run_dir.name})")
         if not comparison.passed and not options.force:
-            raise GateRefused(f"the gate refused {candidate.version_dir}:\n{table}\n"
-                              f"Improve the model, or push anyway with --force --reason TEXT.", comparison)
+            raise GateRefused(
+                f"the gate refused {candidate.version_dir}:\n{table}\n"
+                f"Improve the model, or push anyway with --force --reason TEXT.",
+                comparison,
+            )
         log(table if comparison.passed else table + f"\nforced: {options.reason}")
 
         infra = {"skipped": True, "reason": options.reason}
         if options.infra_validation is not None:
-            result = validate(candidate.version_dir, candidate.model, test.texts[: options.infra_sample],
-                              candidate.card.get("model_name", config.export.model_name),
-                              server_command=options.infra_validation, scratch_dir=Path(scratch.name) / "infra",
-                              tolerance=config.export.verify_tolerance, timeout_s=options.infra_timeout_s)
+            result = validate(
+                candidate.version_dir,
+                candidate.model,
+                test.texts[: options.infra_sample],
+                candidate.card.get("model_name", config.export.model_name),
+                server_command=options.infra_validation,
+                scratch_dir=Path(scratch.name) / "infra",
+                tolerance=config.export.verify_tolerance,
+                timeout_s=options.infra_timeout_s,
+            )
             infra = dataclasses.asdict(result)
             log(f"infra validation: {result.summary()}")
 
         record = _release_record(candidate, comparison, infra, options, config)
-        version, record = _publish(str(candidate.version_dir), base_path, staging, record,
-                                   options.lock_timeout_s, log)
+        version, record = _publish(
+            str(candidate.version_dir), base_path, staging, record, options.lock_timeout_s, log
+        )
     finally:
         _remove_tree(staging)
         scratch.cleanup()
@@ -765,25 +838,38 @@ def push(run_dir: str | Path, base_path: str | Path, config: PipelineConfig, opt
 def _headline(metrics: dict | None) -> dict | None:
     if metrics is None:
         return None
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "count": metrics["count"],
-            "per_class_f1": {label: values["f1"] for label, values in metrics["per_class"].items()}}
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "count": metrics["count"],
+        "per_class_f1": {label: values["f1"] for label, values in metrics["per_class"].items()},
+    }
 
 
-def _release_record(candidate: Candidate, comparison: Comparison, infra: dict, options: PushOptions,
-                    config: PipelineConfig) -> dict:
+def _release_record(
+    candidate: Candidate, comparison: Comparison, infra: dict, options: PushOptions, config: PipelineConfig
+) -> dict:
     card = candidate.card
     return {
         "action": "push",
         "model_name": card.get("model_name", config.export.model_name),
         "run_dir": str(candidate.run_dir.resolve()),
         "source": str(candidate.version_dir.resolve()),
-        "data": {"source": str(options.data_path or card.get("data", {}).get("source")),
-                 "fingerprint": card.get("data", {}).get("fingerprint")},
+        "data": {
+            "source": str(options.data_path or card.get("data", {}).get("source")),
+            "fingerprint": card.get("data", {}).get("fingerprint"),
+        },
         "config_hash": card.get("config_hash"),
-        "metrics": {"candidate": _headline(comparison.candidate), "baseline": _headline(comparison.baseline),
-                    "baseline_version": comparison.baseline_version},
-        "gate": {"passed": comparison.passed, "failures": list(comparison.failures),
-                 "thresholds": dataclasses.asdict(comparison.thresholds)},
+        "metrics": {
+            "candidate": _headline(comparison.candidate),
+            "baseline": _headline(comparison.baseline),
+            "baseline_version": comparison.baseline_version,
+        },
+        "gate": {
+            "passed": comparison.passed,
+            "failures": list(comparison.failures),
+            "thresholds": dataclasses.asdict(comparison.thresholds),
+        },
         "forced": bool(options.force and not comparison.passed),
         "reason": options.reason,
         "infra_validation": infra,
@@ -797,8 +883,14 @@ def _release_record(candidate: Candidate, comparison: Comparison, infra: dict, o
 # --- Rollback, list ---------------------------------------------------------------------------
 
 
-def rollback(base_path: str | Path, to_version: int, *, reason: str | None = None,
-             lock_timeout_s: float = 120.0, log: Callable[[str], None] = print) -> tuple[int, dict]:
+def rollback(
+    base_path: str | Path,
+    to_version: int,
+    *,
+    reason: str | None = None,
+    lock_timeout_s: float = 120.0,
+    log: Callable[[str], None] = print,
+) -> tuple[int, dict]:
     """Serves version N again by re-publishing it as a new, highest version.
 
     A new number is picked up by every version policy (`latest` included) and
@@ -819,16 +911,34 @@ def rollback(base_path: str | Path, to_version: int, *, reason: str | None = Non
     try:
         saved_model_pb2.SavedModel.FromString(tf.io.gfile.GFile(_join(source, "saved_model.pb"), "rb").read())
     except protobuf_message.DecodeError as error:
-        raise ReleaseError(f"{source}/saved_model.pb is corrupt ({error}); roll back to another version.") from error
+        raise ReleaseError(
+            f"{source}/saved_model.pb is corrupt ({error}); roll back to another version."
+        ) from error
     records, _ = read_release_log(base_path)
     origin = next((r for r in reversed(records) if r.get("version") == to_version), None)
     origin = origin or _read_version_record(source) or {}
     staging = _prepare_base_path(base_path, log)
     try:
-        record = {key: origin.get(key) for key in ("model_name", "run_dir", "source", "data", "config_hash",
-                                                   "metrics", "git_commit", "tensorflow_version")}
-        record.update(action="rollback", rollback_of=to_version, reason=reason, forced=False,
-                      pushed_by={"host": socket.gethostname(), "pid": os.getpid()})
+        record = {
+            key: origin.get(key)
+            for key in (
+                "model_name",
+                "run_dir",
+                "source",
+                "data",
+                "config_hash",
+                "metrics",
+                "git_commit",
+                "tensorflow_version",
+            )
+        }
+        record.update(
+            action="rollback",
+            rollback_of=to_version,
+            reason=reason,
+            forced=False,
+            pushed_by={"host": socket.gethostname(), "pid": os.getpid()},
+        )
         version, record = _publish(source, base_path, staging, record, lock_timeout_s, log)
     finally:
         _remove_tree(staging)
@@ -865,8 +975,10 @@ def list_versions(base_path: str | Path) -> tuple[list[VersionInfo], list[str]]:
         infos.append(VersionInfo(version, path, is_complete(path), record))
     for child in tf.io.gfile.listdir(base_path):
         if child.startswith(STAGING_PREFIX):
-            notes.append(f"{child.rstrip('/')}: a push in progress, or left by one that was killed "
-                         f"(ignored by TF Serving; the next push on this host removes it)")
+            notes.append(
+                f"{child.rstrip('/')}: a push in progress, or left by one that was killed "
+                f"(ignored by TF Serving; the next push on this host removes it)"
+            )
     for version in sorted(set(by_version) - set(dirs)):
         notes.append(f"version {version} is in the release log but its directory is gone")
     return infos, notes
@@ -890,12 +1002,17 @@ def format_versions(base_path: str, infos: list[VersionInfo], notes: list[str]) 
             note += f"  reason: {record['reason']}"
         if not info.complete:
             note = "INCOMPLETE: no saved_model.pb (TF Serving cannot load it)"
-        rows.append((
-            f"{info.version}{' *' if info.version == latest else ''}", record.get("time", "-"), action,
-            f"{metrics['accuracy']:.4f}" if "accuracy" in metrics else "-",
-            f"{metrics['macro_f1']:.4f}" if "macro_f1" in metrics else "-",
-            f"v{baseline_version}" if baseline_version is not None else "-", note,
-        ))
+        rows.append(
+            (
+                f"{info.version}{' *' if info.version == latest else ''}",
+                record.get("time", "-"),
+                action,
+                f"{metrics['accuracy']:.4f}" if "accuracy" in metrics else "-",
+                f"{metrics['macro_f1']:.4f}" if "macro_f1" in metrics else "-",
+                f"v{baseline_version}" if baseline_version is not None else "-",
+                note,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]) for row in rows]
     header = f"{base_path}: {len(infos)} version(s), newest first; * = what a `latest` policy serves"
@@ -936,8 +1053,13 @@ def _header_comments(text: str) -> str:
     return "\n".join(lines).rstrip() + "\n" if any(line.strip() for line in lines) else ""
 
 
-def label_version(base_path: str | Path, model_config_file: str | Path, label: str, version: int,
-                  model_name: str | None = None) -> LabelResult:
+def label_version(
+    base_path: str | Path,
+    model_config_file: str | Path,
+    label: str,
+    version: int,
+    model_name: str | None = None,
+) -> LabelResult:
     """Points a version label at a version in a text-format ModelServerConfig file.
 
     If the config's version policy would not load that version, the policy
@@ -970,14 +1092,18 @@ def label_version(base_path: str | Path, model_config_file: str | Path, label: s
         entries = [entry for entry in entries if entry.name == model_name]
     if len(entries) != 1:
         listed = [entry.name for entry in server_config.model_config_list.config]
-        raise ReleaseError(f"{path}: pick the model with --model-name; models there: {listed}."
-                           if model_name is None or not entries else
-                           f"{path}: several entries named {model_name!r}.")
+        raise ReleaseError(
+            f"{path}: pick the model with --model-name; models there: {listed}."
+            if model_name is None or not entries
+            else f"{path}: several entries named {model_name!r}."
+        )
     entry = entries[0]
     complete = [v for v, p in version_dirs(base_path).items() if is_complete(p)]
     if version not in complete:
-        raise ReleaseError(f"{base_path} has no complete version {version}; versions there: {complete}. "
-                           f"Push it first (textserve push).")
+        raise ReleaseError(
+            f"{base_path} has no complete version {version}; versions there: {complete}. "
+            f"Push it first (textserve push)."
+        )
     messages = []
     served = _served_versions(entry.model_version_policy, complete)
     labelled = {v for key, v in entry.version_labels.items() if key != label}
@@ -990,13 +1116,15 @@ def label_version(base_path: str | Path, model_config_file: str | Path, label: s
             f"{version}. A server assigns a label only to a version that is AVAILABLE, so it refuses this "
             f"config until {version} has loaded (unless it runs with "
             f"--allow_version_labels_for_unavailable_models and the label is new); apply it once more "
-            f"after the version is up if the first reload is refused.")
+            f"after the version is up if the first reload is refused."
+        )
         served = set(wanted)
     entry.version_labels[label] = version
     content = _header_comments(text) + text_format.MessageToString(server_config)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(content, "utf-8")
     os.replace(tmp, path)
-    messages.append(f"{path}: {entry.name} label {label!r} -> version {version}; "
-                    f"versions served: {sorted(served)}")
+    messages.append(
+        f"{path}: {entry.name} label {label!r} -> version {version}; versions served: {sorted(served)}"
+    )
     return LabelResult(entry.name, label, version, tuple(sorted(served)), tuple(messages))

@@ -51,40 +51,79 @@ examples:
 def register(subparsers) -> None:
     """Adds `push` and `models {list,rollback,label}` to the `textserve` parser."""
     push = subparsers.add_parser(
-        "push", help="gate, validate and publish a run's export as the next version of a served model",
-        description=_PUSH_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "push",
+        help="gate, validate and publish a run's export as the next version of a served model",
+        description=_PUSH_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     push.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by textserve train")
-    push.add_argument("--model-base-path", required=True, metavar="PATH",
-                      help="TF Serving's model base path (holds 1/, 2/, ...); created if missing")
-    push.add_argument("--set", metavar="release.KEY=VALUE", action="append", default=[], dest="overrides",
-                      help="override a release threshold, e.g. --set release.min_accuracy=0.95 (repeatable)")
-    push.add_argument("--data", metavar="PATH",
-                      help="the run's training data, if it moved since training (default: the model card's "
-                      "data.source; its fingerprint must match)")
+    push.add_argument(
+        "--model-base-path",
+        required=True,
+        metavar="PATH",
+        help="TF Serving's model base path (holds 1/, 2/, ...); created if missing",
+    )
+    push.add_argument(
+        "--set",
+        metavar="release.KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a release threshold, e.g. --set release.min_accuracy=0.95 (repeatable)",
+    )
+    push.add_argument(
+        "--data",
+        metavar="PATH",
+        help="the run's training data, if it moved since training (default: the model card's "
+        "data.source; its fingerprint must match)",
+    )
     push.add_argument("--force", action="store_true", help="push even if the gate refuses (needs --reason)")
     push.add_argument("--reason", metavar="TEXT", help="why --force or --skip-infra-validation; logged")
-    push.add_argument("--skip-infra-validation", action="store_true",
-                      help="do not serve the candidate before publishing (needs --reason)")
-    push.add_argument("--model-server", metavar="BINARY",
-                      help="serving binary for infra validation (default: tensorflow_model_server if on "
-                      "PATH, else python -m serving)")
-    push.add_argument("--infra-timeout", type=float, default=300.0, metavar="SECONDS",
-                      help="time the server may take to load the candidate (default: 300)")
-    push.add_argument("--infra-sample", type=int, default=32, metavar="N",
-                      help="test documents sent to the server over gRPC and REST (default: 32)")
-    push.add_argument("--lock-timeout", type=float, default=120.0, metavar="SECONDS",
-                      help="time to wait for a concurrent push to PATH (default: 120)")
+    push.add_argument(
+        "--skip-infra-validation",
+        action="store_true",
+        help="do not serve the candidate before publishing (needs --reason)",
+    )
+    push.add_argument(
+        "--model-server",
+        metavar="BINARY",
+        help="serving binary for infra validation (default: tensorflow_model_server if on "
+        "PATH, else python -m serving)",
+    )
+    push.add_argument(
+        "--infra-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="time the server may take to load the candidate (default: 300)",
+    )
+    push.add_argument(
+        "--infra-sample",
+        type=int,
+        default=32,
+        metavar="N",
+        help="test documents sent to the server over gRPC and REST (default: 32)",
+    )
+    push.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="time to wait for a concurrent push to PATH (default: 120)",
+    )
     push.set_defaults(run=_run_push)
 
     models = subparsers.add_parser(
-        "models", help="list, roll back and label the versions under a model base path",
+        "models",
+        help="list, roll back and label the versions under a model base path",
         description="Inspect and manage the versions that textserve push published under a model base path.",
     )
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
     listing = actions.add_parser(
-        "list", help="versions with their metrics and lineage, newest first",
+        "list",
+        help="versions with their metrics and lineage, newest first",
         description="Print every version under PATH, newest first, with its test metrics, the version "
         "it was compared with, its run directory and any --force reason (from release_log.jsonl).",
     )
@@ -93,30 +132,43 @@ def register(subparsers) -> None:
     listing.set_defaults(run=_run_list)
 
     rollback = actions.add_parser(
-        "rollback", help="serve version N again by re-publishing it as a new version",
+        "rollback",
+        help="serve version N again by re-publishing it as a new version",
         description="Copy version N to a new, highest version number, so that every TF Serving version "
         "policy (latest included) serves it without a config change; recorded in the release log.",
     )
     rollback.add_argument("base_path", metavar="PATH", help="model base path")
     rollback.add_argument("--to", type=int, required=True, metavar="N", help="the version to serve again")
     rollback.add_argument("--reason", metavar="TEXT", help="why; logged")
-    rollback.add_argument("--lock-timeout", type=float, default=120.0, metavar="SECONDS",
-                          help="time to wait for a concurrent push (default: 120)")
+    rollback.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="time to wait for a concurrent push (default: 120)",
+    )
     rollback.set_defaults(run=_run_rollback)
 
     label = actions.add_parser(
-        "label", help="point a version label (e.g. canary) at a version in a models.config",
+        "label",
+        help="point a version label (e.g. canary) at a version in a models.config",
         description="Set version_labels { key: LABEL value: N } for the model in a text-format "
         "ModelServerConfig, so clients can call /v1/models/NAME/labels/LABEL. If the version policy "
         "would not load N, it becomes specific { versions: ... } with every version it served, every "
         "labelled version and N. The file's leading comment block is kept.",
     )
     label.add_argument("base_path", metavar="PATH", help="model base path (version N must exist there)")
-    label.add_argument("--model-config", required=True, metavar="FILE",
-                       help="ModelServerConfig text file, e.g. serving/configs/models.config (rewritten)")
+    label.add_argument(
+        "--model-config",
+        required=True,
+        metavar="FILE",
+        help="ModelServerConfig text file, e.g. serving/configs/models.config (rewritten)",
+    )
     label.add_argument("--label", required=True, help="label name, [A-Za-z0-9_]+ (e.g. canary, stable)")
     label.add_argument("--version", type=int, required=True, metavar="N", help="the version it names")
-    label.add_argument("--model-name", metavar="NAME", help="the config entry, if the file has several models")
+    label.add_argument(
+        "--model-name", metavar="NAME", help="the config entry, if the file has several models"
+    )
     label.set_defaults(run=_run_label)
 
 
@@ -130,11 +182,15 @@ def _run_push(args) -> int:
 
     not_release = [item for item in args.overrides if not item.strip().startswith("release.")]
     if not_release:
-        return _fail(f"push only overrides release.* settings (the rest must stay as the run was "
-                     f"trained); received {not_release}.")
+        return _fail(
+            f"push only overrides release.* settings (the rest must stay as the run was "
+            f"trained); received {not_release}."
+        )
     config_file = Path(args.run_dir) / "config.toml"
     if not config_file.is_file():
-        return _fail(f"{config_file} is missing: is {args.run_dir} a run directory written by textserve train?")
+        return _fail(
+            f"{config_file} is missing: is {args.run_dir} a run directory written by textserve train?"
+        )
     try:
         config = load_config(config_file, args.overrides)
     except ValueError as error:
@@ -143,9 +199,15 @@ def _run_push(args) -> int:
         server = None
     else:
         server = (args.model_server,) if args.model_server else find_model_server()
-    options = PushOptions(force=args.force, reason=args.reason, data_path=args.data, infra_validation=server,
-                          infra_timeout_s=args.infra_timeout, infra_sample=args.infra_sample,
-                          lock_timeout_s=args.lock_timeout)
+    options = PushOptions(
+        force=args.force,
+        reason=args.reason,
+        data_path=args.data,
+        infra_validation=server,
+        infra_timeout_s=args.infra_timeout,
+        infra_sample=args.infra_sample,
+        lock_timeout_s=args.lock_timeout,
+    )
     try:
         push(args.run_dir, args.model_base_path, config, options, log=_log)
     except GateRefused as error:

@@ -65,8 +65,11 @@ class _GrpcBackend:
         except self._grpc.RpcError as error:
             code = error.code()
             message = f"{code.name}: {error.details()}"
-            if code in (self._grpc.StatusCode.UNAVAILABLE, self._grpc.StatusCode.DEADLINE_EXCEEDED,
-                        self._grpc.StatusCode.RESOURCE_EXHAUSTED):
+            if code in (
+                self._grpc.StatusCode.UNAVAILABLE,
+                self._grpc.StatusCode.DEADLINE_EXCEEDED,
+                self._grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
                 raise _Transient(message) from error
             raise RunStopped(f"server answered {message}") from error
 
@@ -75,25 +78,29 @@ class _GrpcBackend:
         from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=model_pb2.ModelSpec(name=self.model_name), metadata_field=["signature_def"])
+            model_spec=model_pb2.ModelSpec(name=self.model_name), metadata_field=["signature_def"]
+        )
         response = self._call(self.stub.GetModelMetadata, request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         if names.PREDICT_SIGNATURE not in signatures.signature_def:
             raise ScoringError(
                 f"model {self.model_name!r} has no `{names.PREDICT_SIGNATURE}` signature; it has "
-                f"{sorted(signatures.signature_def)}.")
+                f"{sorted(signatures.signature_def)}."
+            )
 
     def label_names(self) -> list[str]:
-        from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
         from tensorflow.core.example import example_pb2, feature_pb2
+        from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
 
         example = example_pb2.Example()
-        example.features.feature[names.TEXT_KEY].CopyFrom(feature_pb2.Feature(
-            bytes_list=feature_pb2.BytesList(value=[b"class names"])))
+        example.features.feature[names.TEXT_KEY].CopyFrom(
+            feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[b"class names"]))
+        )
         request = classification_pb2.ClassificationRequest(
             model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=names.CLASSIFY_SIGNATURE),
-            input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=[example])))
+            input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=[example])),
+        )
         response = self._call(self.stub.Classify, request)
         return [c.label for c in response.result.classifications[0].classes]
 
@@ -103,11 +110,14 @@ class _GrpcBackend:
 
         request = predict_pb2.PredictRequest(
             model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=names.PREDICT_SIGNATURE),
-            output_filter=[names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES])
+            output_filter=[names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES],
+        )
         request.inputs[names.TEXT_KEY].CopyFrom(tf.make_tensor_proto(list(texts), dtype=tf.string))
         response = self._call(self.stub.Predict, request)
-        return {key: tf.make_ndarray(response.outputs[key]) for key in
-                (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)}
+        return {
+            key: tf.make_ndarray(response.outputs[key])
+            for key in (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
+        }
 
     def close(self) -> None:
         self.channel.close()
@@ -124,8 +134,9 @@ class _RestBackend:
     def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._local.connection = http.client.HTTPConnection(self.host, self.port,
-                                                                              timeout=self.timeout_s)
+            connection = self._local.connection = http.client.HTTPConnection(
+                self.host, self.port, timeout=self.timeout_s
+            )
         try:
             connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
             response = connection.getresponse()
@@ -153,21 +164,29 @@ class _RestBackend:
         signatures = metadata.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
         if names.PREDICT_SIGNATURE not in signatures:
             raise ScoringError(
-                f"model {self.model_name!r} has no `{names.PREDICT_SIGNATURE}` signature; it has {sorted(signatures)}.")
+                f"model {self.model_name!r} has no `{names.PREDICT_SIGNATURE}` signature; it has {sorted(signatures)}."
+            )
 
     def label_names(self) -> list[str]:
-        body = orjson.dumps({"signature_name": names.CLASSIFY_SIGNATURE, "examples": [{names.TEXT_KEY: "class names"}]})
+        body = orjson.dumps(
+            {"signature_name": names.CLASSIFY_SIGNATURE, "examples": [{names.TEXT_KEY: "class names"}]}
+        )
         answer = self._request("POST", f"{self._base}:classify", body)
         return [label for label, _ in answer["results"][0]]
 
     def predict(self, texts: Sequence[bytes]) -> dict[str, np.ndarray]:
         # JSON carries text, not bytes: the readers already produced valid UTF-8.
-        body = orjson.dumps({"signature_name": names.PREDICT_SIGNATURE,
-                             "inputs": {names.TEXT_KEY: [t.decode("utf-8") for t in texts]}})
+        body = orjson.dumps(
+            {
+                "signature_name": names.PREDICT_SIGNATURE,
+                "inputs": {names.TEXT_KEY: [t.decode("utf-8") for t in texts]},
+            }
+        )
         outputs = self._request("POST", f"{self._base}:predict", body)["outputs"]
         return {
-            names.PREDICTED_LABEL: np.array([label.encode("utf-8") for label in outputs[names.PREDICTED_LABEL]],
-                                            dtype=object),
+            names.PREDICTED_LABEL: np.array(
+                [label.encode("utf-8") for label in outputs[names.PREDICTED_LABEL]], dtype=object
+            ),
             names.SCORE: np.asarray(outputs[names.SCORE], dtype=np.float32),
             names.PROBABILITIES: np.asarray(outputs[names.PROBABILITIES], dtype=np.float32),
         }
@@ -183,7 +202,8 @@ def _parse_server(url: str) -> tuple[str, str, int]:
     if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
         raise ScoringError(
             f"--server {url!r}: expected grpc://HOST:PORT (TF Serving's --port) or http://HOST:PORT "
-            f"(its --rest_api_port).")
+            f"(its --rest_api_port)."
+        )
     return parsed.scheme, parsed.hostname, parsed.port
 
 
@@ -203,13 +223,20 @@ class RemotePredictor:
         or (with need_label_names) no `classify` signature.
     """
 
-    def __init__(self, server: str, model_name: str, *, concurrency: int = 4, timeout_s: float = 60.0,
-                 need_label_names: bool = False):
+    def __init__(
+        self,
+        server: str,
+        model_name: str,
+        *,
+        concurrency: int = 4,
+        timeout_s: float = 60.0,
+        need_label_names: bool = False,
+    ):
         scheme, host, port = _parse_server(server)
         self.description = f"model {model_name!r} at {server}"
         self.concurrency = concurrency
         if scheme == "grpc":
-            self.backend = _GrpcBackend(f"{host}:{port}", model_name, timeout_s)
+            self.backend: _GrpcBackend | _RestBackend = _GrpcBackend(f"{host}:{port}", model_name, timeout_s)
         else:
             self.backend = _RestBackend(host, port, model_name, timeout_s)
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score-request")
@@ -225,7 +252,8 @@ class RemotePredictor:
             if need_label_names:
                 raise ScoringError(
                     f"{server}: --probabilities needs the class names, read through the model's "
-                    f"`{names.CLASSIFY_SIGNATURE}` signature, which failed: {error}") from error
+                    f"`{names.CLASSIFY_SIGNATURE}` signature, which failed: {error}"
+                ) from error
             self.label_names = []  # metrics then use the labels that occur
 
     def _with_retries(self, call, *args):
@@ -269,7 +297,9 @@ class RemotePredictor:
         if ok.any():
             answer = self._predict(texts[ok])
             if answer[names.PROBABILITIES].shape[1] != width:
-                outputs[names.PROBABILITIES] = np.zeros((count, answer[names.PROBABILITIES].shape[1]), np.float32)
+                outputs[names.PROBABILITIES] = np.zeros(
+                    (count, answer[names.PROBABILITIES].shape[1]), np.float32
+                )
             for key in outputs:
                 outputs[key][ok] = answer[key]
         return outputs

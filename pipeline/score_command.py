@@ -41,64 +41,136 @@ def _column(value: str) -> str | int:
 def register(subparsers) -> None:
     """Adds `textserve score` to the `textserve` parser."""
     score = subparsers.add_parser(
-        "score", help="score files of documents with an exported model (tf.data, a server, or Apache Beam)",
+        "score",
+        help="score files of documents with an exported model (tf.data, a server, or Apache Beam)",
         description="Score documents offline with the same exported model that is served. INPUT is a file, "
         "a directory (the class-folder layout, or a folder of files) or a quoted glob, of plain text (one "
         "document per line), CSV/TSV, JSON Lines, TFRecord of tf.Example, optionally gzip-compressed (.gz).",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs (quote globs)")
     where = score.add_argument_group("model (one of)")
-    where.add_argument("--model", metavar="EXPORT_DIR",
-                       help="RUN/export (highest version) or RUN/export/<version>: score in this process")
-    where.add_argument("--server", metavar="URL",
-                       help="grpc://HOST:PORT or http://HOST:PORT of TF Serving or `textserve serve`")
+    where.add_argument(
+        "--model",
+        metavar="EXPORT_DIR",
+        help="RUN/export (highest version) or RUN/export/<version>: score in this process",
+    )
+    where.add_argument(
+        "--server",
+        metavar="URL",
+        help="grpc://HOST:PORT or http://HOST:PORT of TF Serving or `textserve serve`",
+    )
     where.add_argument("--model-name", metavar="NAME", help="with --server: the served model's name")
-    where.add_argument("--concurrency", type=int, default=4, metavar="N",
-                       help="with --server: requests in flight (default: 4)")
-    where.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                       help="with --server: deadline of one request (default: 60)")
+    where.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --server: requests in flight (default: 4)",
+    )
+    where.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --server: deadline of one request (default: 60)",
+    )
 
     reading = score.add_argument_group("reading")
-    reading.add_argument("--input-format", choices=INPUT_FORMATS, default="auto",
-                         help="reader for every input (default: auto, by extension: .txt .csv .tsv .jsonl "
-                         ".json .tfrecord, each optionally .gz; directories with sub-directories are class folders)")
-    reading.add_argument("--text-column", type=_column, action="append", metavar="NAME",
-                         help="CSV/TSV column, JSON key or tf.Example bytes feature with the text; repeat to "
-                         "join several with a space; 0-based index with --no-header (default: text)")
-    reading.add_argument("--id-column", type=_column, default="", metavar="NAME",
-                         help="column / key / feature with document ids (default: FILE:LINE)")
-    reading.add_argument("--label-column", type=_column, default="", metavar="NAME",
-                         help="column / key / feature with reference labels: the summary then gives accuracy "
-                         "and macro-F1 (class folders always have labels)")
-    reading.add_argument("--no-header", dest="header", action="store_false",
-                         help="CSV/TSV files have no header row (give columns as 0-based indices)")
-    reading.add_argument("--fallback-encoding", default="", metavar="ENC",
-                         help="decode text that is not valid UTF-8 with ENC (e.g. latin-1) instead of "
-                         "reporting it in the errors file")
+    reading.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="reader for every input (default: auto, by extension: .txt .csv .tsv .jsonl "
+        ".json .tfrecord, each optionally .gz; directories with sub-directories are class folders)",
+    )
+    reading.add_argument(
+        "--text-column",
+        type=_column,
+        action="append",
+        metavar="NAME",
+        help="CSV/TSV column, JSON key or tf.Example bytes feature with the text; repeat to "
+        "join several with a space; 0-based index with --no-header (default: text)",
+    )
+    reading.add_argument(
+        "--id-column",
+        type=_column,
+        default="",
+        metavar="NAME",
+        help="column / key / feature with document ids (default: FILE:LINE)",
+    )
+    reading.add_argument(
+        "--label-column",
+        type=_column,
+        default="",
+        metavar="NAME",
+        help="column / key / feature with reference labels: the summary then gives accuracy "
+        "and macro-F1 (class folders always have labels)",
+    )
+    reading.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        help="CSV/TSV files have no header row (give columns as 0-based indices)",
+    )
+    reading.add_argument(
+        "--fallback-encoding",
+        default="",
+        metavar="ENC",
+        help="decode text that is not valid UTF-8 with ENC (e.g. latin-1) instead of "
+        "reporting it in the errors file",
+    )
 
     writing = score.add_argument_group("writing")
     writing.add_argument("--output", required=True, metavar="PATH", help="output file (see below)")
-    writing.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS, default="jsonl",
-                         help="output format (default: jsonl)")
+    writing.add_argument(
+        "--format",
+        dest="output_format",
+        choices=OUTPUT_FORMATS,
+        default="jsonl",
+        help="output format (default: jsonl)",
+    )
     writing.add_argument("--probabilities", action="store_true", help="also write every class's probability")
-    writing.add_argument("--num-shards", type=int, default=1, metavar="N",
-                         help="split the output into N shards of consecutive documents (default: 1)")
-    writing.add_argument("--resume", action="store_true",
-                         help="continue an interrupted job: skip shards it completed")
+    writing.add_argument(
+        "--num-shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split the output into N shards of consecutive documents (default: 1)",
+    )
+    writing.add_argument(
+        "--resume", action="store_true", help="continue an interrupted job: skip shards it completed"
+    )
     writing.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier job")
 
     running = score.add_argument_group("running")
-    running.add_argument("--batch-size", type=int, default=256, metavar="N",
-                         help="documents per model call or request (default: 256)")
-    running.add_argument("--runner", choices=("tfdata", "beam"), default="tfdata",
-                         help="tfdata: this machine (default); beam: an Apache Beam pipeline "
-                         "(pip install '.[beam]')")
-    running.add_argument("--beam-args", default="", metavar="\"ARGS\"",
-                         help="Beam pipeline options, e.g. \"--runner=DataflowRunner --project=P "
-                         "--region=R --temp_location=gs://B/tmp\" (default: DirectRunner)")
-    running.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                         help="progress bar on stderr (default: when stderr is a terminal)")
+    running.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="documents per model call or request (default: 256)",
+    )
+    running.add_argument(
+        "--runner",
+        choices=("tfdata", "beam"),
+        default="tfdata",
+        help="tfdata: this machine (default); beam: an Apache Beam pipeline (pip install '.[beam]')",
+    )
+    running.add_argument(
+        "--beam-args",
+        default="",
+        metavar='"ARGS"',
+        help='Beam pipeline options, e.g. "--runner=DataflowRunner --project=P '
+        '--region=R --temp_location=gs://B/tmp" (default: DirectRunner)',
+    )
+    running.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     score.set_defaults(run=_run_score)
 
 
@@ -107,13 +179,25 @@ def _run_score(args) -> int:
 
     try:
         config = ScoreConfig(
-            inputs=tuple(args.inputs), output=args.output, model=args.model or "", server=args.server or "",
-            model_name=args.model_name or "", input_format=args.input_format,
-            output_format=args.output_format, text_column=tuple(args.text_column or ("text",)),
-            id_column=args.id_column, label_column=args.label_column, header=args.header,
-            fallback_encoding=args.fallback_encoding, batch_size=args.batch_size,
-            num_shards=args.num_shards, probabilities=args.probabilities, resume=args.resume,
-            overwrite=args.overwrite, concurrency=args.concurrency, timeout_s=args.timeout,
+            inputs=tuple(args.inputs),
+            output=args.output,
+            model=args.model or "",
+            server=args.server or "",
+            model_name=args.model_name or "",
+            input_format=args.input_format,
+            output_format=args.output_format,
+            text_column=tuple(args.text_column or ("text",)),
+            id_column=args.id_column,
+            label_column=args.label_column,
+            header=args.header,
+            fallback_encoding=args.fallback_encoding,
+            batch_size=args.batch_size,
+            num_shards=args.num_shards,
+            probabilities=args.probabilities,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
             progress=args.progress,
         )
     except ValueError as error:

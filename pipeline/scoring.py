@@ -60,8 +60,16 @@ OUTPUT_FORMATS = ("jsonl", "csv", "tfrecord")
 _OUTPUT_SUFFIX = {"jsonl": ".jsonl", "csv": ".csv", "tfrecord": ".tfrecord"}
 # File name endings (before an optional .gz) that pick the reader under --input-format auto.
 _EXTENSIONS = {
-    ".txt": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
-    ".ndjson": "jsonl", ".tfrecord": "tfrecord", ".tfrecords": "tfrecord", ".tfr": "tfrecord",
+    ".txt": "text",
+    ".text": "text",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".tfrecord": "tfrecord",
+    ".tfrecords": "tfrecord",
+    ".tfr": "tfrecord",
 }
 # Records per element handed from a Python reader to tf.data: per-element
 # overhead of `from_generator` is tens of microseconds, so records travel in chunks.
@@ -142,9 +150,13 @@ class ScoreConfig:
         if self.server and not self.model_name:
             raise ValueError("--server needs --model-name, the name the server serves the model under.")
         if self.input_format not in INPUT_FORMATS:
-            raise ValueError(f"`input_format` must be one of {list(INPUT_FORMATS)}, received {self.input_format!r}.")
+            raise ValueError(
+                f"`input_format` must be one of {list(INPUT_FORMATS)}, received {self.input_format!r}."
+            )
         if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"`format` must be one of {list(OUTPUT_FORMATS)}, received {self.output_format!r}.")
+            raise ValueError(
+                f"`format` must be one of {list(OUTPUT_FORMATS)}, received {self.output_format!r}."
+            )
         for name in ("batch_size", "num_shards", "concurrency", "reader_parallelism"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, received {getattr(self, name)!r}.")
@@ -159,8 +171,11 @@ class ScoreConfig:
     def data_config(self) -> DataConfig:
         """The reading options in the form the shared readers of `pipeline/data.py` take."""
         return DataConfig(
-            text_column=self.text_column, label_column=self.label_column, id_column=self.id_column,
-            header=self.header, fallback_encoding=self.fallback_encoding or "latin-1",
+            text_column=self.text_column,
+            label_column=self.label_column,
+            id_column=self.id_column,
+            header=self.header,
+            fallback_encoding=self.fallback_encoding or "latin-1",
         )
 
 
@@ -177,12 +192,12 @@ class OutputPaths:
     state_dir: Path
 
     @classmethod
-    def for_config(cls, config: ScoreConfig) -> "OutputPaths":
+    def for_config(cls, config: ScoreConfig) -> OutputPaths:
         output = Path(config.output)
         suffix = _OUTPUT_SUFFIX[config.output_format]
         base = output.with_name(output.name.removesuffix(suffix)) if output.name.endswith(suffix) else output
         if config.num_shards == 1:
-            shards = (output,)
+            shards: tuple[Path, ...] = (output,)
         else:
             shards = tuple(
                 base.with_name(f"{base.name}-{k:05d}-of-{config.num_shards:05d}{suffix}")
@@ -191,8 +206,9 @@ class OutputPaths:
         errors = base.with_name(base.name + ".errors.jsonl")
         if errors in shards:
             raise ValueError(f"--output {output} would overwrite the errors file; pick another name.")
-        return cls(shards, errors, base.with_name(base.name + ".summary.json"),
-                   base.with_name(base.name + ".resume"))
+        return cls(
+            shards, errors, base.with_name(base.name + ".summary.json"), base.with_name(base.name + ".resume")
+        )
 
     def shard_state(self, k: int) -> tuple[Path, Path]:
         """The saved error rows and counts of shard `k`."""
@@ -261,14 +277,18 @@ def resolve_inputs(patterns: Sequence[str], input_format: str = "auto") -> list[
         if glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
-                raise ScoringError(f"{pattern}: the pattern matches no file (quote it so the shell leaves it to us).")
+                raise ScoringError(
+                    f"{pattern}: the pattern matches no file (quote it so the shell leaves it to us)."
+                )
             paths = [Path(m) for m in matches]
         else:
             paths = [Path(pattern)]
         for path in paths:
             if not path.exists():
                 raise ScoringError(f"{path}: no such file or directory.")
-            if path.is_dir() and (input_format == "folder" or (input_format == "auto" and _is_class_folder(path))):
+            if path.is_dir() and (
+                input_format == "folder" or (input_format == "auto" and _is_class_folder(path))
+            ):
                 add(path, "folder")
             elif path.is_dir():
                 for child in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
@@ -317,8 +337,8 @@ def read_tfrecord(path: Path, config: DataConfig) -> Iterator[Record]:
     record at the point of corruption: what follows it cannot be framed.
     """
     import tensorflow as tf
-    from tensorflow.core.example import example_pb2
     from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
 
     compression = "GZIP" if path.suffix == ".gz" else ""
     dataset = tf.data.TFRecordDataset(str(path), compression_type=compression)
@@ -330,8 +350,14 @@ def read_tfrecord(path: Path, config: DataConfig) -> Iterator[Record]:
         except StopIteration:
             return
         except tf.errors.OpError as error:
-            yield Record(f"{path.name}:{number + 1}", None, None, str(path), number + 1,
-                         f"corrupted TFRecord data, the rest of the file is unreadable: {error.message}")
+            yield Record(
+                f"{path.name}:{number + 1}",
+                None,
+                None,
+                str(path),
+                number + 1,
+                f"corrupted TFRecord data, the rest of the file is unreadable: {error.message}",
+            )
             return
         number += 1
         doc_id = f"{path.name}:{number}"
@@ -340,10 +366,11 @@ def read_tfrecord(path: Path, config: DataConfig) -> Iterator[Record]:
         except DecodeError:
             yield Record(doc_id, None, None, str(path), number, "record is not a serialized tf.Example")
             continue
-        parts, problem = [], None
+        parts: list[str] = []
+        problem = None
         for key in config.text_column:
             value, problem = _feature_text(example, str(key))
-            if problem:
+            if problem or value is None:
                 break
             parts.append(value)
         if problem:
@@ -386,8 +413,11 @@ def count_records(source: InputFile, config: DataConfig) -> int:
     try:
         if source.format == "folder":
             return sum(
-                1 for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith(".")
-                for p in entry.rglob("*") if p.is_file() and not p.name.startswith(".")
+                1
+                for entry in path.iterdir()
+                if entry.is_dir() and not entry.name.startswith(".")
+                for p in entry.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
             )
         if source.format == "text":
             with _open_binary(path) as handle:
@@ -396,9 +426,13 @@ def count_records(source: InputFile, config: DataConfig) -> int:
             with _open_text(path) as handle:
                 return sum(1 for line in handle if line.strip())
         if source.format in ("csv", "tsv"):
-            next(iter(read_delimited(path, config, "," if source.format == "csv" else "\t")), None)  # checks columns
+            next(
+                iter(read_delimited(path, config, "," if source.format == "csv" else "\t")), None
+            )  # checks columns
             with _open_text(path) as handle:
-                rows = sum(1 for row in csv.reader(handle, delimiter="," if source.format == "csv" else "\t") if row)
+                rows = sum(
+                    1 for row in csv.reader(handle, delimiter="," if source.format == "csv" else "\t") if row
+                )
             return max(rows - (1 if config.header else 0), 0)
     except DataError as error:
         raise ScoringError(str(error)) from error
@@ -408,10 +442,15 @@ def count_records(source: InputFile, config: DataConfig) -> int:
 
     compression = "GZIP" if path.suffix == ".gz" else ""
     try:
-        return int(tf.data.TFRecordDataset(str(path), compression_type=compression).reduce(
-            np.int64(0), lambda n, _: n + 1))
+        return int(
+            tf.data.TFRecordDataset(str(path), compression_type=compression).reduce(
+                np.int64(0), lambda n, _: n + 1
+            )
+        )
     except tf.errors.OpError as error:  # DataLossError on corrupted framing or gzip
-        raise ScoringError(f"{path}: cannot read the TFRecord file ({error.message}); fix or remove it.") from error
+        raise ScoringError(
+            f"{path}: cannot read the TFRecord file ({error.message}); fix or remove it."
+        ) from error
 
 
 def record_problem(record: Record, fallback_allowed: bool) -> str | None:
@@ -450,10 +489,16 @@ def _chunked_records(
         columns["problem"].append(_encode(problem))
         columns["line"].append(record.line)
         if len(columns["id"]) == _READER_CHUNK:
-            yield {key: np.array(values, dtype=object if key != "line" else np.int64) for key, values in columns.items()}
+            yield {
+                key: np.array(values, dtype=object if key != "line" else np.int64)
+                for key, values in columns.items()
+            }
             columns = {key: [] for key in columns}
     if columns["id"]:
-        yield {key: np.array(values, dtype=object if key != "line" else np.int64) for key, values in columns.items()}
+        yield {
+            key: np.array(values, dtype=object if key != "line" else np.int64)
+            for key, values in columns.items()
+        }
 
 
 def record_batches(
@@ -485,13 +530,17 @@ def record_batches(
     def one_file(index):
         return tf.data.Dataset.from_generator(
             lambda i: _chunked_records(sources[int(i)], data_config, fallback_allowed, ignored),
-            args=(index,), output_signature=spec,
+            args=(index,),
+            output_signature=spec,
         )
 
     files = tf.data.Dataset.range(len(sources))
     chunks = files.interleave(
-        one_file, cycle_length=min(len(sources), config.reader_parallelism), block_length=1,
-        num_parallel_calls=min(len(sources), config.reader_parallelism), deterministic=True,
+        one_file,
+        cycle_length=min(len(sources), config.reader_parallelism),
+        block_length=1,
+        num_parallel_calls=min(len(sources), config.reader_parallelism),
+        deterministic=True,
     )
     records = chunks.unbatch()
     if skip:
@@ -526,7 +575,8 @@ class LocalPredictor:
         except KeyError as error:
             raise ScoringError(
                 f"{path}: the SavedModel has no `{names.PREDICT_SIGNATURE}` signature; export it with "
-                f"`textserve train`.") from error
+                f"`textserve train`."
+            ) from error
         outputs = set(self.model.predict_fn.structured_outputs)
         missing = {names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES} - outputs
         inputs = self.model.predict_fn.structured_input_signature[1]
@@ -577,7 +627,7 @@ def encode_rows(rows: RowBatch, output_format: str, prob_keys: Sequence[str]) ->
     Records carry no line terminator; the writer adds it. Shared by the tf.data
     writer and the Beam pipeline so both produce the same bytes.
     """
-    probs = rows.probabilities.tolist() if prob_keys else None
+    probs = rows.probabilities.tolist() if prob_keys and rows.probabilities is not None else None
     if output_format == "jsonl":
         out = []
         for i, (doc_id, label, score) in enumerate(zip(rows.ids, rows.labels, rows.scores)):
@@ -694,11 +744,25 @@ def _job_fingerprint(config: ScoreConfig, sources: Sequence[InputFile], total: i
     for source in sources:
         stat = source.path.stat()
         files.append([str(source.path.resolve()), source.format, stat.st_size, int(stat.st_mtime)])
-    options = {key: value for key, value in asdict(config).items()
-               if key not in ("resume", "overwrite", "progress", "concurrency", "timeout_s", "inputs",
-                              "batch_size", "reader_parallelism")}
+    options = {
+        key: value
+        for key, value in asdict(config).items()
+        if key
+        not in (
+            "resume",
+            "overwrite",
+            "progress",
+            "concurrency",
+            "timeout_s",
+            "inputs",
+            "batch_size",
+            "reader_parallelism",
+        )
+    }
     # Through JSON and back, so it compares equal to the saved copy (tuples become lists).
-    return orjson.loads(orjson.dumps({"inputs": files, "documents": total, "model": model, "options": options}))
+    return orjson.loads(
+        orjson.dumps({"inputs": files, "documents": total, "model": model, "options": options})
+    )
 
 
 def _reason_key(problem: str) -> str:
@@ -710,9 +774,16 @@ class _Progress:
     def __init__(self, total: int, initial: int, enabled: bool | None):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="doc", unit_scale=True, dynamic_ncols=True,
-                        disable=(not enabled) if enabled is not None else None, file=sys.stderr,
-                        desc="scoring")
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="doc",
+            unit_scale=True,
+            dynamic_ncols=True,
+            disable=(not enabled) if enabled is not None else None,
+            file=sys.stderr,
+            desc="scoring",
+        )
 
     def update(self, n: int) -> None:
         self.bar.update(n)
@@ -725,8 +796,13 @@ def _make_predictor(config: ScoreConfig):
     if config.server:
         from pipeline.remote_scoring import RemotePredictor
 
-        return RemotePredictor(config.server, config.model_name, concurrency=config.concurrency,
-                               timeout_s=config.timeout_s, need_label_names=config.probabilities)
+        return RemotePredictor(
+            config.server,
+            config.model_name,
+            concurrency=config.concurrency,
+            timeout_s=config.timeout_s,
+            need_label_names=config.probabilities,
+        )
     return LocalPredictor(config.model)
 
 
@@ -756,15 +832,27 @@ def run_scoring(config: ScoreConfig, log: Callable[[str], None] = print) -> dict
     try:
         fingerprint = _job_fingerprint(config, sources, total, predictor.description)
         done = _prepare_outputs(config, paths, fingerprint)
-        log(f"scoring {total} documents from {len(sources)} input(s) with {predictor.description}"
-            + (f"; resuming, {len(done)} of {config.num_shards} shards already done" if done else ""))
+        log(
+            f"scoring {total} documents from {len(sources)} input(s) with {predictor.description}"
+            + (f"; resuming, {len(done)} of {config.num_shards} shards already done" if done else "")
+        )
         scoring_started = time.monotonic()
         stats, this_run, ignored = _score_shards(config, paths, sources, total, done, predictor)
         scoring_seconds = time.monotonic() - scoring_started
     finally:
         predictor.close()
-    return _finish(config, paths, stats, this_run, time.monotonic() - started, scoring_seconds, total,
-                   predictor.label_names, ignored, log)
+    return _finish(
+        config,
+        paths,
+        stats,
+        this_run,
+        time.monotonic() - started,
+        scoring_seconds,
+        total,
+        predictor.label_names,
+        ignored,
+        log,
+    )
 
 
 def _prepare_outputs(config: ScoreConfig, paths: OutputPaths, fingerprint: dict) -> set[int]:
@@ -779,8 +867,11 @@ def _prepare_outputs(config: ScoreConfig, paths: OutputPaths, fingerprint: dict)
                 f"--resume: {paths.state_dir} belongs to a different job (changed: {', '.join(changed)}); "
                 f"rerun with the original inputs and options, or use --overwrite to start again."
             )
-        return {k for k in range(config.num_shards)
-                if paths.shards[k].is_file() and paths.shard_state(k)[1].is_file()}
+        return {
+            k
+            for k in range(config.num_shards)
+            if paths.shards[k].is_file() and paths.shard_state(k)[1].is_file()
+        }
     if existing and not (config.resume or config.overwrite):
         raise ScoringError(
             f"{existing[0]} already exists; pass --resume to continue that job or --overwrite to replace it."
@@ -811,7 +902,7 @@ def _score_shards(config, paths, sources, total, done, predictor):
         prefix += 1
     skip = min(prefix * size, total) if prefix < n else total
     label_names = predictor.label_names
-    stats = {k: None for k in range(n)}
+    stats = dict.fromkeys(range(n))
     ignored: list[str] = []
     progress = _Progress(total, skip, config.progress)
     this_run = 0
@@ -824,8 +915,11 @@ def _score_shards(config, paths, sources, total, done, predictor):
         nonlocal writer, state, errors_out, current
         current = k
         state, errors_out = ShardState(), []
-        writer = None if k in done else ShardWriter(paths.shards[k], config.output_format, label_names,
-                                                     config.probabilities)
+        writer = (
+            None
+            if k in done
+            else ShardWriter(paths.shards[k], config.output_format, label_names, config.probabilities)
+        )
 
     def close_shard():
         nonlocal writer
@@ -854,8 +948,17 @@ def _score_shards(config, paths, sources, total, done, predictor):
                             close_shard()
                         open_shard(k)
                     if writer is not None:
-                        _write_segment(batch, outputs, pos, end, writer, state, errors_out, label_cache,
-                                       config.probabilities)
+                        _write_segment(
+                            batch,
+                            outputs,
+                            pos,
+                            end,
+                            writer,
+                            state,
+                            errors_out,
+                            label_cache,
+                            config.probabilities,
+                        )
                     pos = end
                 index += count
                 this_run += count
@@ -889,10 +992,17 @@ def _write_segment(batch, outputs, start, end, writer, state, errors_out, label_
         j = start + i
         problem = problems[i].decode("utf-8", "replace")
         state.errors_by_reason[_reason_key(problem)] = state.errors_by_reason.get(_reason_key(problem), 0) + 1
-        errors_out.append(orjson.dumps({
-            "source": batch["source"][j].decode("utf-8", "replace"), "line": int(batch["line"][j]),
-            "id": batch["id"][j].decode("utf-8", "replace"), "reason": problem,
-        }) + b"\n")
+        errors_out.append(
+            orjson.dumps(
+                {
+                    "source": batch["source"][j].decode("utf-8", "replace"),
+                    "line": int(batch["line"][j]),
+                    "id": batch["id"][j].decode("utf-8", "replace"),
+                    "reason": problem,
+                }
+            )
+            + b"\n"
+        )
     if not len(ok):
         return
     rows = ok + start
@@ -902,19 +1012,23 @@ def _write_segment(batch, outputs, start, end, writer, state, errors_out, label_
         if label is None:
             label = label_cache[raw] = raw.decode("utf-8")
         labels.append(label)
-    writer.write(RowBatch(
-        ids=[raw.decode("utf-8", "replace") for raw in batch["id"][rows]],
-        labels=labels,
-        scores=outputs[names.SCORE][rows].tolist(),
-        probabilities=outputs[names.PROBABILITIES][rows] if probabilities else None,
-    ))
+    writer.write(
+        RowBatch(
+            ids=[raw.decode("utf-8", "replace") for raw in batch["id"][rows]],
+            labels=labels,
+            scores=outputs[names.SCORE][rows].tolist(),
+            probabilities=outputs[names.PROBABILITIES][rows] if probabilities else None,
+        )
+    )
     for true, predicted in zip(batch["label"][rows], labels):
         if true:
             key = f"{true.decode('utf-8', 'replace')}\t{predicted}"
             state.confusion[key] = state.confusion.get(key, 0) + 1
 
 
-def _finish(config, paths, stats, this_run, seconds, scoring_seconds, total, label_names, ignored, log) -> dict:
+def _finish(
+    config, paths, stats, this_run, seconds, scoring_seconds, total, label_names, ignored, log
+) -> dict:
     """Joins the shards' error rows and counts into the errors file and the summary."""
     with open(paths.errors.with_name(f".{paths.errors.name}.partial"), "wb") as out:
         for k in range(config.num_shards):
@@ -931,16 +1045,21 @@ def _finish(config, paths, stats, this_run, seconds, scoring_seconds, total, lab
         reasons.update(s.errors_by_reason)
         confusion.update(s.confusion)
     summary = {
-        "inputs": list(config.inputs), "documents_counted": total,
-        "read": read, "scored": scored, "errored": errored,
+        "inputs": list(config.inputs),
+        "documents_counted": total,
+        "read": read,
+        "scored": scored,
+        "errored": errored,
         "errors_by_reason": dict(reasons.most_common()),
         # Top-level files of class-folder inputs (README.TXT): not documents, listed so nothing is hidden.
         "ignored_files": sorted(set(ignored)),
         # docs/s covers reading, predicting and writing; `seconds` adds loading and counting.
-        "seconds": round(seconds, 3), "scoring_seconds": round(scoring_seconds, 3),
+        "seconds": round(seconds, 3),
+        "scoring_seconds": round(scoring_seconds, 3),
         "documents_this_run": this_run,
         "docs_per_second": round(this_run / scoring_seconds, 1) if scoring_seconds > 0 else 0.0,
-        "outputs": [str(p) for p in paths.shards], "errors_file": str(paths.errors),
+        "outputs": [str(p) for p in paths.shards],
+        "errors_file": str(paths.errors),
     }
     if read != scored + errored or read != total:
         raise ScoringError(
@@ -973,8 +1092,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"errors by reason: {reasons}")
     if "metrics" in summary:
         m = summary["metrics"]
-        lines.append(f"against the reference labels: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
-                     f"({m['count']} labelled documents)")
+        lines.append(
+            f"against the reference labels: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
+            f"({m['count']} labelled documents)"
+        )
     outputs = summary["outputs"]
     lines.append(f"output: {outputs[0]}" + (f" ... ({len(outputs)} shards)" if len(outputs) > 1 else ""))
     lines.append(f"errors: {summary['errors_file']}")

@@ -57,15 +57,22 @@ def _git_commit() -> str:
     """The commit of the textserve source tree, or "unknown" outside a checkout."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def _feature_dataset(
-    classifier: TextClassifier, data: Dataset, label_names: list[str], batch_size: int,
+    classifier: TextClassifier,
+    data: Dataset,
+    label_names: list[str],
+    batch_size: int,
     shuffle_seed: int | None,
 ) -> tf.data.Dataset:
     """(features, class index) batches; preprocessing runs once and is cached."""
@@ -87,10 +94,12 @@ def _feature_dataset(
 
 def _verify_export(predict_fn, reloaded: ExportedModel, texts: list[str], tolerance: float) -> float:
     """Checks the reloaded SavedModel against the in-memory module; returns the max difference."""
-    expected = np.concatenate([
-        predict_fn(tf.constant(texts[i : i + _PREPROCESS_BATCH]))[names.PROBABILITIES].numpy()
-        for i in range(0, len(texts), _PREPROCESS_BATCH)
-    ])
+    expected = np.concatenate(
+        [
+            predict_fn(tf.constant(texts[i : i + _PREPROCESS_BATCH]))[names.PROBABILITIES].numpy()
+            for i in range(0, len(texts), _PREPROCESS_BATCH)
+        ]
+    )
     actual = reloaded.predict(texts, _PREPROCESS_BATCH)[names.PROBABILITIES]
     difference = float(np.max(np.abs(expected - actual))) if len(texts) else 0.0
     if expected.shape != actual.shape or difference > tolerance:
@@ -101,8 +110,9 @@ def _verify_export(predict_fn, reloaded: ExportedModel, texts: list[str], tolera
     return difference
 
 
-def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
-          *, verbose: int = 1, log=print) -> RunResult:
+def train(
+    config: PipelineConfig, data_path: str | Path, run_dir: str | Path, *, verbose: int = 1, log=print
+) -> RunResult:
     """Runs the whole pipeline and returns where the export is and how good it is.
 
     Args:
@@ -129,14 +139,20 @@ def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
     dataset = ingest(data_path, config.data)
     report = dataset.report
     write_json(run_dir / "data_report.json", report)
-    log(f"      {report['records_read']} records, {report['records_kept']} kept, "
+    log(
+        f"      {report['records_read']} records, {report['records_kept']} kept, "
         f"dropped {report['dropped_by_reason']}, {len(report['decoded_with_fallback'])} decoded "
-        f"with a fallback encoding; classes {report['classes']}")
+        f"with a fallback encoding; classes {report['classes']}"
+    )
 
     splits = split_ids(dataset, config.split)
     write_json(run_dir / "splits.json", {"seed": config.split.seed, **splits})
-    train_data, val_data, test_data = (dataset.subset(splits[name]) for name in ("train", "validation", "test"))
-    log(f"[2/6] split {len(train_data.ids)} train / {len(val_data.ids)} validation / {len(test_data.ids)} test")
+    train_data, val_data, test_data = (
+        dataset.subset(splits[name]) for name in ("train", "validation", "test")
+    )
+    log(
+        f"[2/6] split {len(train_data.ids)} train / {len(val_data.ids)} validation / {len(test_data.ids)} test"
+    )
 
     keras.utils.set_random_seed(config.train.seed)
     label_names = dataset.label_names
@@ -144,9 +160,12 @@ def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
     classifier.adapt(tf.data.Dataset.from_tensor_slices(train_data.texts).batch(_PREPROCESS_BATCH))
     log(f"[3/6] adapted vocabulary: {classifier.vectorizer.vocabulary_size()} entries ({config.model.arch})")
 
-    train_ds = _feature_dataset(classifier, train_data, label_names, config.train.batch_size, config.train.seed)
+    train_ds = _feature_dataset(
+        classifier, train_data, label_names, config.train.batch_size, config.train.seed
+    )
     val_ds = _feature_dataset(classifier, val_data, label_names, config.train.batch_size, None)
     network = classifier.network
+    assert network is not None  # built by adapt()
     network.compile(
         optimizer=keras.optimizers.Adam(config.train.learning_rate),
         loss="sparse_categorical_crossentropy",
@@ -156,8 +175,14 @@ def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
         monitor="val_loss", patience=config.train.early_stopping_patience, restore_best_weights=True
     )
     log(f"[4/6] training for up to {config.train.epochs} epochs")
-    history = network.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                          callbacks=[stopper], shuffle=False, verbose=verbose).history
+    history = network.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.train.epochs,
+        callbacks=[stopper],
+        shuffle=False,
+        verbose=verbose,
+    ).history
     if stopper.best_weights is not None and not stopper.stopped_epoch:
         # Keras restores the best weights only when it stops early; do it always.
         network.set_weights(stopper.best_weights)
@@ -171,31 +196,45 @@ def train(config: PipelineConfig, data_path: str | Path, run_dir: str | Path,
     write_warmup_requests(version_dir, warmup_texts, config.export.model_name)
     reloaded = ExportedModel(version_dir)
     difference = _verify_export(predict_fn, reloaded, test_data.texts, config.export.verify_tolerance)
-    log(f"      verified: reloaded SavedModel matches the trained model on {len(test_data.ids)} "
-        f"test documents (max |Δp| {difference:.2e})")
+    log(
+        f"      verified: reloaded SavedModel matches the trained model on {len(test_data.ids)} "
+        f"test documents (max |Δp| {difference:.2e})"
+    )
 
     log("[6/6] evaluating the exported model")
-    metrics = {"validation": evaluate_export(reloaded, val_data), "test": evaluate_export(reloaded, test_data)}
+    metrics = {
+        "validation": evaluate_export(reloaded, val_data),
+        "test": evaluate_export(reloaded, test_data),
+    }
     metrics["verification"] = {"max_abs_difference": difference, "documents": len(test_data.ids)}
     write_json(run_dir / "metrics.json", metrics)
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], run_dir / "confusion_matrix.png")
 
     (version_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).write_text(config.to_toml(), "utf-8")
-    write_model_card(version_dir, {
-        "model_name": config.export.model_name,
-        "version": config.export.version,
-        "labels": label_names,
-        "architecture": config.model.arch,
-        "config": config.to_dict(),
-        "config_hash": config.fingerprint(),
-        "metrics": {split: {k: metrics[split][k] for k in ("accuracy", "macro_f1", "count")}
-                    for split in ("validation", "test")},
-        "data": {"source": str(data_path), "fingerprint": report["fingerprint"],
-                 "documents": report["records_kept"], "splits": {k: len(v) for k, v in splits.items()}},
-        "tensorflow_version": tf.__version__,
-        "python_version": platform.python_version(),
-        "git_commit": _git_commit(),
-        "run_dir": str(run_dir.resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
+    write_model_card(
+        version_dir,
+        {
+            "model_name": config.export.model_name,
+            "version": config.export.version,
+            "labels": label_names,
+            "architecture": config.model.arch,
+            "config": config.to_dict(),
+            "config_hash": config.fingerprint(),
+            "metrics": {
+                split: {k: metrics[split][k] for k in ("accuracy", "macro_f1", "count")}
+                for split in ("validation", "test")
+            },
+            "data": {
+                "source": str(data_path),
+                "fingerprint": report["fingerprint"],
+                "documents": report["records_kept"],
+                "splits": {k: len(v) for k, v in splits.items()},
+            },
+            "tensorflow_version": tf.__version__,
+            "python_version": platform.python_version(),
+            "git_commit": _git_commit(),
+            "run_dir": str(run_dir.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
     return RunResult(run_dir, version_dir, metrics, time.perf_counter() - started)

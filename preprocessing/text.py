@@ -23,21 +23,13 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-
-# Closed choices, checked in one place (`_check_choice`).
-PADDING_SIDES = ("post", "pre")
-STOPWORD_PRESETS = ("english", "none")
+from preprocessing.config import PADDING_SIDES, STOPWORD_PRESETS, check_choice
 
 # RE2's `\w` is ASCII-only, so `[^\w\s]` would cut "café" to "caf". Unicode
 # letter and number classes keep every script's words whole.
 _MARKUP = r"<[^>]*>"
 _APOSTROPHES = r"['’ʼ`]"  # "don't" → "dont", so contractions stay one token
 _NOT_WORD = r"[^\p{L}\p{N}]+"
-
-
-def _check_choice(argument: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{argument}` must be one of {list(choices)}, received {value!r}.")
 
 
 def load_stopwords(spec: str) -> list[str]:
@@ -148,8 +140,8 @@ class SequenceFitter(keras.layers.Layer):
         super().__init__(**kwargs)
         if length < 1:
             raise ValueError(f"`length` must be a positive integer, received {length!r}.")
-        _check_choice("padding", padding, PADDING_SIDES)
-        _check_choice("truncating", truncating, PADDING_SIDES)
+        check_choice("padding", padding, PADDING_SIDES)
+        check_choice("truncating", truncating, PADDING_SIDES)
         self.length, self.padding, self.truncating = int(length), padding, truncating
 
     def call(self, ids):
@@ -190,7 +182,7 @@ def make_vectorizer(
     """
     if max_tokens < 3:
         raise ValueError(f"`max_tokens` must be at least 3 (padding, OOV, one word), received {max_tokens}.")
-    _check_choice("output_mode", output_mode, ("int", "tf_idf"))
+    check_choice("output_mode", output_mode, ("int", "tf_idf"))
     return keras.layers.TextVectorization(
         max_tokens=max_tokens,
         standardize=None,

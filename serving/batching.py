@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import itertools
 import os
 import threading
 import time
@@ -88,8 +89,12 @@ class BatchingOptions:
     max_execution_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads",
-                     "max_execution_batch_size"):
+        for name in (
+            "max_batch_size",
+            "max_enqueued_batches",
+            "num_batch_threads",
+            "max_execution_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"batching parameter {name} must be >= 1, got {getattr(self, name)}")
         if self.batch_timeout_micros < 0:
@@ -98,7 +103,7 @@ class BatchingOptions:
             )
         sizes = self.allowed_batch_sizes
         if sizes:
-            if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            if any(b <= a for a, b in itertools.pairwise(sizes)) or sizes[0] < 1:
                 raise ValueError(
                     f"allowed_batch_sizes must be positive and strictly increasing, got {list(sizes)}"
                 )
@@ -117,7 +122,7 @@ class BatchingOptions:
         return self.max_batch_size
 
     @classmethod
-    def from_proto(cls, params: Any | None) -> "BatchingOptions":
+    def from_proto(cls, params: Any | None) -> BatchingOptions:
         """Builds options from a `BatchingParameters` message (None → TF's defaults).
 
         Raises:
@@ -127,36 +132,25 @@ class BatchingOptions:
         splitting = bool(_wrapped(params, "enable_large_batch_splitting", False))
         return cls(
             max_batch_size=max_batch,
-            batch_timeout_micros=int(
-                _wrapped(params, "batch_timeout_micros", DEFAULT_BATCH_TIMEOUT_MICROS)
-            ),
-            max_enqueued_batches=int(
-                _wrapped(params, "max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES)
-            ),
-            num_batch_threads=int(
-                _wrapped(params, "num_batch_threads", os.cpu_count() or 1)
-            ),
+            batch_timeout_micros=int(_wrapped(params, "batch_timeout_micros", DEFAULT_BATCH_TIMEOUT_MICROS)),
+            max_enqueued_batches=int(_wrapped(params, "max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES)),
+            num_batch_threads=int(_wrapped(params, "num_batch_threads", os.cpu_count() or 1)),
             thread_pool_name=str(
-                _wrapped(params, "thread_pool_name", DEFAULT_THREAD_POOL_NAME)
-                or DEFAULT_THREAD_POOL_NAME
+                _wrapped(params, "thread_pool_name", DEFAULT_THREAD_POOL_NAME) or DEFAULT_THREAD_POOL_NAME
             ),
             allowed_batch_sizes=tuple(
                 int(s) for s in (getattr(params, "allowed_batch_sizes", ()) if params else ())
             ),
-            pad_variable_length_inputs=bool(
-                _wrapped(params, "pad_variable_length_inputs", False)
-            ),
+            pad_variable_length_inputs=bool(_wrapped(params, "pad_variable_length_inputs", False)),
             enable_large_batch_splitting=splitting,
-            max_execution_batch_size=int(
-                _wrapped(params, "max_execution_batch_size", max_batch)
-            ),
+            max_execution_batch_size=int(_wrapped(params, "max_execution_batch_size", max_batch)),
         )
 
 
 class _Task:
     """One caller's run: its inputs, where its outputs go, and the lock it waits on."""
 
-    __slots__ = ("feeds", "size", "done", "pending", "parts", "error", "abandoned", "enqueued")
+    __slots__ = ("abandoned", "done", "enqueued", "error", "feeds", "parts", "pending", "size")
 
     def __init__(self, feeds: dict[str, np.ndarray], size: int):
         self.feeds = feeds
@@ -173,7 +167,7 @@ class _Task:
 class _Piece:
     """Rows [start, start+size) of a task, placed in one batch."""
 
-    __slots__ = ("task", "start", "size")
+    __slots__ = ("size", "start", "task")
 
     def __init__(self, task: _Task, start: int, size: int):
         self.task = task
@@ -184,11 +178,11 @@ class _Piece:
         if self.start == 0 and self.size == self.task.size:
             return self.task.feeds
         end = self.start + self.size
-        return {k: v[self.start:end] for k, v in self.task.feeds.items()}
+        return {k: v[self.start : end] for k, v in self.task.feeds.items()}
 
 
 class _Batch:
-    __slots__ = ("pieces", "size", "created", "closed")
+    __slots__ = ("closed", "created", "pieces", "size")
 
     def __init__(self) -> None:
         self.pieces: list[_Piece] = []
@@ -198,7 +192,7 @@ class _Batch:
 
 
 class _Queue:
-    __slots__ = ("key", "servable", "fetches", "batches")
+    __slots__ = ("batches", "fetches", "key", "servable")
 
     def __init__(self, key: tuple, servable: Any, fetches: tuple[str, ...]):
         self.key = key
@@ -215,16 +209,15 @@ def batch_size_of(feeds: dict[str, np.ndarray]) -> int:
     """
     if not feeds:
         raise invalid_argument("Batching Run() must have at least one input tensor")
-    size = None
+    size: int | None = None
     for array in feeds.values():
         if array.ndim == 0:
             raise invalid_argument("Batching Run() input tensors must have at least one dimension")
         if size is None:
             size = array.shape[0]
         elif array.shape[0] != size:
-            raise invalid_argument(
-                "Batching Run() input tensors must have equal 0th-dimension size"
-            )
+            raise invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
+    assert size is not None  # feeds is not empty
     return int(size)
 
 
@@ -245,9 +238,7 @@ class BatchScheduler:
         self._next = 0
         self._stopping = False
         self._threads = [
-            threading.Thread(
-                target=self._work, name=f"{options.thread_pool_name}-{i}", daemon=True
-            )
+            threading.Thread(target=self._work, name=f"{options.thread_pool_name}-{i}", daemon=True)
             for i in range(options.num_batch_threads)
         ]
         for thread in self._threads:
@@ -300,10 +291,7 @@ class BatchScheduler:
         if len(task.parts) == 1:
             return task.parts[0][1]
         task.parts.sort(key=lambda part: part[0])
-        return [
-            np.concatenate([outputs[i] for _, outputs in task.parts])
-            for i in range(len(fetches))
-        ]
+        return [np.concatenate([outputs[i] for _, outputs in task.parts]) for i in range(len(fetches))]
 
     def _key(self, servable: Any, feeds: dict[str, np.ndarray], fetches: tuple[str, ...]) -> tuple:
         pad = self.options.pad_variable_length_inputs
@@ -342,9 +330,7 @@ class BatchScheduler:
                 new_batches = 1
             open_batches = len(batches)
             if new_batches and open_batches + new_batches > opts.max_enqueued_batches:
-                raise unavailable(
-                    "The batch scheduling queue to which this task was submitted is full"
-                )
+                raise unavailable("The batch scheduling queue to which this task was submitted is full")
             start = 0
             for batch, rows in plan:
                 if batch is None:
@@ -393,7 +379,7 @@ class BatchScheduler:
             with self._cv:
                 while True:
                     queue, batch, wait = self._ready_batch()
-                    if batch is not None:
+                    if queue is not None and batch is not None:
                         break
                     if self._stopping:
                         return
@@ -415,9 +401,7 @@ class BatchScheduler:
             if self.metrics is not None:
                 now = time.perf_counter()
                 for piece in pieces:
-                    self.metrics.record_batch_queuing(
-                        opts.thread_pool_name, now - piece.task.enqueued
-                    )
+                    self.metrics.record_batch_queuing(opts.thread_pool_name, now - piece.task.enqueued)
             outputs = queue.servable.run(feeds, queue.fetches)
             if self.metrics is not None:
                 self.metrics.record_wrapped_run()
@@ -436,7 +420,7 @@ class BatchScheduler:
         except ServingError as e:
             self._finish(pieces, error=e)
             return
-        except Exception as e:  # noqa: BLE001 - every caller must be woken with a status
+        except Exception as e:
             self._finish(pieces, error=ServingError(grpc.StatusCode.INTERNAL, str(e)))
             return
         offset = 0
@@ -474,7 +458,7 @@ class BatchScheduler:
                 task = piece.task
                 if error is not None:
                     task.error = error
-                else:
+                elif results is not None:
                     task.parts.append((piece.start, results[i]))
                 task.pending -= 1
                 if task.pending == 0:
@@ -498,9 +482,7 @@ def _pad_inner_dims(arrays: list[np.ndarray]) -> list[np.ndarray]:
             out.append(array)
             continue
         fill = array.flat[0] if array.size else (b"" if array.dtype == object else 0)
-        padded = np.full(
-            (array.shape[0],) + tuple(int(t) for t in target[1:]), fill, dtype=array.dtype
-        )
+        padded = np.full((array.shape[0], *tuple(int(t) for t in target[1:])), fill, dtype=array.dtype)
         padded[tuple(slice(0, s) for s in array.shape)] = array
         out.append(padded)
     return out

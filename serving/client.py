@@ -45,7 +45,6 @@ import http.client
 import logging
 import queue
 import random
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -74,9 +73,18 @@ TRANSPORTS = ("grpc", "rest")
 # The canonical code a REST status stands for (TF Serving's mapping, read backwards;
 # 400 also covers FAILED_PRECONDITION and OUT_OF_RANGE, 500 also INTERNAL/DATA_LOSS).
 _CODE_FOR_HTTP = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-    409: "ABORTED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
-    500: "UNKNOWN", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    413: "RESOURCE_EXHAUSTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "UNKNOWN",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 _RETRYABLE_CODE = "UNAVAILABLE"
 
@@ -95,8 +103,9 @@ class ClientError(Exception):
       request: what was asked, e.g. "grpc Predict bbc_news at localhost:8500".
     """
 
-    def __init__(self, code: str, message: str, *, request: str,
-                 http_status: int | None = None, attempts: int = 1):
+    def __init__(
+        self, code: str, message: str, *, request: str, http_status: int | None = None, attempts: int = 1
+    ):
         self.code = code
         self.message = message
         self.http_status = http_status
@@ -237,8 +246,10 @@ class TextClassifierClient:
         for key in names.PREDICT_OUTPUTS:
             if key not in outputs:
                 raise ClientError(
-                    "INTERNAL", f"the answer has no {key!r} output (got {sorted(outputs)}); is this "
-                    f"model a textserve text classifier?", request=self._wire.describe("Predict"),
+                    "INTERNAL",
+                    f"the answer has no {key!r} output (got {sorted(outputs)}); is this "
+                    f"model a textserve text classifier?",
+                    request=self._wire.describe("Predict"),
                 )
         labels = [_text(v) for v in outputs[names.PREDICTED_LABEL]]
         class_ids = [int(v) for v in outputs[names.CLASS_ID]]
@@ -335,8 +346,15 @@ class TextClassifierClient:
                     e.attempts = attempt
                     raise
                 pause = min(delay, self._max_backoff) * random.uniform(0.5, 1.0)
-                log.warning("%s: %s: %s; retry %d of %d in %.2f s",
-                            e.request, e.code, e.message, attempt, self._retries, pause)
+                log.warning(
+                    "%s: %s: %s; retry %d of %d in %.2f s",
+                    e.request,
+                    e.code,
+                    e.message,
+                    attempt,
+                    self._retries,
+                    pause,
+                )
                 time.sleep(pause)
                 delay *= 2
                 attempt += 1
@@ -392,13 +410,17 @@ def _signature(doc: Mapping[str, Any]) -> SignatureSpec:
         specs = {}
         for alias, info in section.items():
             shape_doc = info.get("tensor_shape", {})
-            shape = None if shape_doc.get("unknown_rank") else tuple(
-                int(dim.get("size", 0)) for dim in shape_doc.get("dim", [])
+            shape = (
+                None
+                if shape_doc.get("unknown_rank")
+                else tuple(int(dim.get("size", 0)) for dim in shape_doc.get("dim", []))
             )
             specs[alias] = TensorSpec(info.get("dtype", "DT_INVALID"), shape)
         return specs
 
-    return SignatureSpec(doc.get("method_name", ""), tensors(doc.get("inputs", {})), tensors(doc.get("outputs", {})))
+    return SignatureSpec(
+        doc.get("method_name", ""), tensors(doc.get("inputs", {})), tensors(doc.get("outputs", {}))
+    )
 
 
 class _GrpcTransport:
@@ -432,12 +454,15 @@ class _GrpcTransport:
         # Reconnect attempts follow the client's own backoff: with gRPC's
         # default (1 s, then growing) a quick retry would fail without trying.
         reconnect_ms = max(int(backoff * 1000), 100)
-        self._channel = grpc.insecure_channel(self.target, options=[
-            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
-            ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
-            ("grpc.min_reconnect_backoff_ms", reconnect_ms),
-        ])
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.initial_reconnect_backoff_ms", reconnect_ms),
+                ("grpc.min_reconnect_backoff_ms", reconnect_ms),
+            ],
+        )
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -469,7 +494,7 @@ class _GrpcTransport:
         response = self._call("Predict", self._prediction.Predict, request)
         return {alias: _rows(self._types_pb2, proto) for alias, proto in response.outputs.items()}
 
-    def classify(self, texts: list[str | None]) -> list[list[tuple[str, float]]]:
+    def classify(self, texts: Sequence[str | None]) -> list[list[tuple[str, float]]]:
         request = self._classification_pb2.ClassificationRequest()
         self._fill_spec(request.model_spec, names.CLASSIFY_SIGNATURE)
         for text in texts:
@@ -478,8 +503,7 @@ class _GrpcTransport:
                 example.features.feature[names.TEXT_KEY].bytes_list.value.append(text.encode("utf-8"))
         response = self._call("Classify", self._prediction.Classify, request)
         return [
-            [(_text(c.label), float(c.score)) for c in row.classes]
-            for row in response.result.classifications
+            [(_text(c.label), float(c.score)) for c in row.classes] for row in response.result.classifications
         ]
 
     def metadata(self) -> dict[str, Any]:
@@ -489,8 +513,10 @@ class _GrpcTransport:
         signatures = self._metadata_pb2.SignatureDefMap()
         if not response.metadata["signature_def"].Unpack(signatures):
             raise ClientError(
-                "INTERNAL", f"metadata 'signature_def' holds {response.metadata['signature_def'].type_url}, "
-                "not a tensorflow.serving.SignatureDefMap", request=self.describe("GetModelMetadata"),
+                "INTERNAL",
+                f"metadata 'signature_def' holds {response.metadata['signature_def'].type_url}, "
+                "not a tensorflow.serving.SignatureDefMap",
+                request=self.describe("GetModelMetadata"),
             )
         # The REST document's shape, so both transports parse one way.
         return {
@@ -518,18 +544,26 @@ def _rows(types_pb2, proto) -> list:
 
     shape = [dim.size for dim in proto.tensor_shape.dim]
     numeric = {
-        types_pb2.DT_FLOAT: (np.float32, "float_val"), types_pb2.DT_DOUBLE: (np.float64, "double_val"),
-        types_pb2.DT_INT32: (np.int32, "int_val"), types_pb2.DT_INT64: (np.int64, "int64_val"),
+        types_pb2.DT_FLOAT: (np.float32, "float_val"),
+        types_pb2.DT_DOUBLE: (np.float64, "double_val"),
+        types_pb2.DT_INT32: (np.int32, "int_val"),
+        types_pb2.DT_INT64: (np.int64, "int64_val"),
     }
     if proto.dtype == types_pb2.DT_STRING:
         values = np.array(list(proto.string_val), dtype=object)
     elif proto.dtype in numeric:
         dtype, field = numeric[proto.dtype]
-        values = (np.frombuffer(proto.tensor_content, dtype=dtype) if proto.tensor_content
-                  else np.array(getattr(proto, field), dtype=dtype))
+        values = (
+            np.frombuffer(proto.tensor_content, dtype=dtype)
+            if proto.tensor_content
+            else np.array(getattr(proto, field), dtype=dtype)
+        )
     else:
-        raise ClientError("UNIMPLEMENTED", f"output dtype {types_pb2.DataType.Name(proto.dtype)} is not "
-                          "decoded by this client", request="decoding a Predict answer")
+        raise ClientError(
+            "UNIMPLEMENTED",
+            f"output dtype {types_pb2.DataType.Name(proto.dtype)} is not decoded by this client",
+            request="decoding a Predict answer",
+        )
     return list(values.reshape(shape)) if shape else [values.item()]
 
 
@@ -557,17 +591,28 @@ class _RestTransport:
         return f"rest {method} {self._spec.name!r} at {self.target}"
 
     def predict(self, texts: list[str]) -> dict[str, list]:
-        doc = self._request("Predict", "POST", f"{self._model_path}:predict", {
-            "signature_name": names.PREDICT_SIGNATURE, "instances": texts,
-        })
+        doc = self._request(
+            "Predict",
+            "POST",
+            f"{self._model_path}:predict",
+            {
+                "signature_name": names.PREDICT_SIGNATURE,
+                "instances": texts,
+            },
+        )
         rows = doc["predictions"]  # one object per text: {output alias: value}
         return {alias: [row[alias] for row in rows] for alias in (rows[0] if rows else {})}
 
-    def classify(self, texts: list[str | None]) -> list[list[tuple[str, float]]]:
-        doc = self._request("Classify", "POST", f"{self._model_path}:classify", {
-            "signature_name": names.CLASSIFY_SIGNATURE,
-            "examples": [{} if text is None else {names.TEXT_KEY: text} for text in texts],
-        })
+    def classify(self, texts: Sequence[str | None]) -> list[list[tuple[str, float]]]:
+        doc = self._request(
+            "Classify",
+            "POST",
+            f"{self._model_path}:classify",
+            {
+                "signature_name": names.CLASSIFY_SIGNATURE,
+                "examples": [{} if text is None else {names.TEXT_KEY: text} for text in texts],
+            },
+        )
         return [[(label, float(score)) for label, score in row] for row in doc["results"]]
 
     def metadata(self) -> dict[str, Any]:
@@ -585,8 +630,9 @@ class _RestTransport:
             message = orjson.loads(data)["error"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = data.decode("utf-8", "replace").strip() or f"HTTP {status} with an empty body"
-        raise ClientError(_CODE_FOR_HTTP.get(status, "UNKNOWN"), message,
-                          request=self.describe(method), http_status=status)
+        raise ClientError(
+            _CODE_FOR_HTTP.get(status, "UNKNOWN"), message, request=self.describe(method), http_status=status
+        )
 
     def _exchange(self, method: str, verb: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -602,19 +648,24 @@ class _RestTransport:
                 # request never reached it, so send it again on a new one.
                 if was_idle:
                     continue
-                raise ClientError("UNAVAILABLE", f"connection lost: {e}", request=self.describe(method)) from e
+                raise ClientError(
+                    "UNAVAILABLE", f"connection lost: {e}", request=self.describe(method)
+                ) from e
             except ConnectionRefusedError as e:
                 conn.close()
-                raise ClientError("UNAVAILABLE", f"cannot connect to {self.target}: {e}",
-                                  request=self.describe(method)) from e
-            except (socket.timeout, TimeoutError) as e:
+                raise ClientError(
+                    "UNAVAILABLE", f"cannot connect to {self.target}: {e}", request=self.describe(method)
+                ) from e
+            except TimeoutError as e:
                 conn.close()
-                raise ClientError("DEADLINE_EXCEEDED", f"no answer within {self._timeout} s",
-                                  request=self.describe(method)) from e
+                raise ClientError(
+                    "DEADLINE_EXCEEDED", f"no answer within {self._timeout} s", request=self.describe(method)
+                ) from e
             except OSError as e:
                 conn.close()
-                raise ClientError("UNAVAILABLE", f"cannot reach {self.target}: {e}",
-                                  request=self.describe(method)) from e
+                raise ClientError(
+                    "UNAVAILABLE", f"cannot reach {self.target}: {e}", request=self.describe(method)
+                ) from e
             if response.will_close:
                 conn.close()
             else:

@@ -15,8 +15,7 @@ reads them, including the wrapper syntax `max_batch_size { value: 128 }`.
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 _PACKAGE = "tensorflow.serving"
 _FILE_NAME = "textserve/serving/config_protos.proto"
@@ -144,7 +143,5 @@ def parse_text_file(message_class, path: str):
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise TextProtoError(
-            f"Invalid protobuf file: '{path}'", f"Could not read {path}: {e}"
-        ) from e
+        raise TextProtoError(f"Invalid protobuf file: '{path}'", f"Could not read {path}: {e}") from e
     return parse_text(message_class, text, path)

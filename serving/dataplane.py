@@ -35,7 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import tensor_codec
-from serving.batching import BatchScheduler, BatchingOptions
+from serving.batching import BatchingOptions, BatchScheduler
 from serving.errors import ServingError, failed_precondition, invalid_argument, unimplemented
 
 if TYPE_CHECKING:
@@ -120,14 +120,12 @@ class DataPlane:
       metrics: where runtime latency, example counts and batching metrics go.
     """
 
-    def __init__(self, manager: Any, options: Any, metrics: "Metrics | None" = None):
+    def __init__(self, manager: Any, options: Any, metrics: Metrics | None = None):
         self.manager = manager
         self.options = options
         self.metrics = metrics
         self.method_name_check = bool(getattr(options, "enable_signature_method_name_check", False))
-        self.tensor_content_outputs = bool(
-            getattr(options, "enable_serialization_as_tensor_content", False)
-        )
+        self.tensor_content_outputs = bool(getattr(options, "enable_serialization_as_tensor_content", False))
         self.batcher: BatchScheduler | None = None
         if getattr(options, "enable_batching", False):
             batching = BatchingOptions.from_proto(getattr(options, "batching_parameters", None))
@@ -166,9 +164,7 @@ class DataPlane:
         if api == "predict":
             if signature is None:
                 if rest:
-                    raise failed_precondition(
-                        f'Serving signature name: "{name}" not found in signature def'
-                    )
+                    raise failed_precondition(f'Serving signature name: "{name}" not found in signature def')
                 raise failed_precondition(f'Serving signature key "{name}" not found.')
             if self.method_name_check and signature.method_name not in (
                 PREDICT_METHOD,
@@ -194,8 +190,7 @@ class DataPlane:
         if signature.method_name != expected:
             kind = "classification" if api == "classify" else "regression"
             raise invalid_argument(
-                f"Expected {kind} signature method_name to be {expected}. "
-                f"Was: {signature.method_name}"
+                f"Expected {kind} signature method_name to be {expected}. Was: {signature.method_name}"
             )
 
     # ------------------------------------------------------------------ predict
@@ -310,9 +305,7 @@ class DataPlane:
           outputs in typed fields, or `tensor_content` when the server flag says so.
         """
         spec = request.model_spec
-        outputs = self.predict(
-            servable, spec.signature_name, request.inputs, request.output_filter, deadline
-        )
+        outputs = self.predict(servable, spec.signature_name, request.inputs, request.output_filter, deadline)
         response = predict_pb2.PredictResponse()
         make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
         for alias, array in outputs.items():
@@ -327,9 +320,7 @@ class DataPlane:
             raise invalid_argument("Expected one input Tensor.")
         if CLASSIFY_INPUTS not in signature.inputs:
             kind = "classification" if api == "classify" else "regression"
-            raise failed_precondition(
-                f"No {kind} inputs found in SignatureDef: {signature}"
-            )
+            raise failed_precondition(f"No {kind} inputs found in SignatureDef: {signature}")
         # Fed by name with the serialized examples, whatever dtype the signature
         # declares (half_plus_three's regress signature claims DT_FLOAT; TFS_CONTRACT §10.3).
         return signature.inputs[CLASSIFY_INPUTS].name
@@ -372,17 +363,13 @@ class DataPlane:
                 continue
             if tensor.ndim != 2:
                 raise invalid_argument(
-                    "Expected Tensor shape: [batch_size num_classes] but got "
-                    f"{list(tensor.shape)}"
+                    f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)}"
                 )
             if not dtype_ok(tensor):
-                raise invalid_argument(
-                    f"Expected {label} Tensor of {dtype}. Got: {_tf_dtype_name(tensor)}"
-                )
+                raise invalid_argument(f"Expected {label} Tensor of {dtype}. Got: {_tf_dtype_name(tensor)}")
             if tensor.shape[0] != num_examples:
                 raise invalid_argument(
-                    f"Expected {label} output batch size of {num_examples}. "
-                    f"Got: {tensor.shape[0]}"
+                    f"Expected {label} output batch size of {num_examples}. Got: {tensor.shape[0]}"
                 )
         if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
             raise invalid_argument(
@@ -400,13 +387,10 @@ class DataPlane:
             )
         if tensor.shape[0] != num_examples:
             raise invalid_argument(
-                "Input batch size did not match output batch size: "
-                f"{num_examples} vs. {tensor.shape[0]}"
+                f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
             )
         if tensor.dtype != np.float32:
-            raise invalid_argument(
-                f"Expected output Tensor of DT_FLOAT.  Got: {_tf_dtype_name(tensor)}"
-            )
+            raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {_tf_dtype_name(tensor)}")
         return tensor.reshape(num_examples)
 
     def _run_examples(
@@ -445,9 +429,7 @@ class DataPlane:
         """
         signature = self.signature(servable, signature_name, "classify")
         input_name, fetches = self._classify_fetches(signature)
-        by_name = self._run_examples(
-            servable, input_name, fetches, serialized_examples, deadline, "Classify"
-        )
+        by_name = self._run_examples(servable, input_name, fetches, serialized_examples, deadline, "Classify")
         return self._classify_result(signature, len(serialized_examples), by_name)
 
     def regress(
@@ -467,9 +449,7 @@ class DataPlane:
         """
         signature = self.signature(servable, signature_name, "regress")
         input_name, fetches = self._regress_fetches(signature)
-        by_name = self._run_examples(
-            servable, input_name, fetches, serialized_examples, deadline, "Regress"
-        )
+        by_name = self._run_examples(servable, input_name, fetches, serialized_examples, deadline, "Regress")
         return self._regress_result(len(serialized_examples), by_name[fetches[0]])
 
     def classify_request(
@@ -499,9 +479,7 @@ class DataPlane:
         """Answers a `RegressionRequest` proto (gRPC and warmup replay)."""
         spec = request.model_spec
         self.signature(servable, spec.signature_name, "regress")
-        values = self.regress(
-            servable, spec.signature_name, serialized_examples(request.input), deadline
-        )
+        values = self.regress(servable, spec.signature_name, serialized_examples(request.input), deadline)
         response = regression_pb2.RegressionResponse()
         make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
         for value in values.tolist():
@@ -568,7 +546,9 @@ class DataPlane:
         for task, _, signature in plans:
             result = response.results.add()
             make_model_spec(
-                task.model_spec.name, task.model_spec.signature_name, servable.version,
+                task.model_spec.name,
+                task.model_spec.signature_name,
+                servable.version,
                 result.model_spec,
             )
             if task.method_name == CLASSIFY_METHOD:
@@ -582,9 +562,7 @@ class DataPlane:
 
     # ------------------------------------------------------------------ warmup
 
-    def replay_warmup_record(
-        self, servable: Any, prediction_log: prediction_log_pb2.PredictionLog
-    ) -> None:
+    def replay_warmup_record(self, servable: Any, prediction_log: prediction_log_pb2.PredictionLog) -> None:
         """Replays one warmup `PredictionLog` against a servable being loaded.
 
         The log's model name does not matter: the request runs on `servable`.

@@ -39,70 +39,19 @@ class _Flag:
     help: str
 
 
-# Every flag of tensorflow_model_server (main.cc), defaults from server.h.
-FLAGS: tuple[_Flag, ...] = (
-    _Flag("port", "int32", 8500, "TCP port for the gRPC API (0: no TCP gRPC; then --grpc_socket_path is needed)"),
-    _Flag("grpc_socket_path", "string", "", "also serve gRPC on this UNIX domain socket"),
-    _Flag("grpc_channel_arguments", "string", "", "gRPC server arguments as comma-separated key=value pairs"),
-    _Flag("rest_api_port", "int32", 0, "TCP port for the HTTP/REST API (0: no REST API)"),
-    _Flag("rest_api_num_threads", "int32", 4 * _CPUS, "number of threads running REST inference"),
-    _Flag("rest_api_timeout_in_ms", "int32", 30000, "timeout of one REST request in milliseconds"),
-    _Flag("rest_api_enable_cors_support", "bool", False, "answer REST requests with permissive CORS headers"),
-    _Flag("enable_batching", "bool", False, "batch concurrent requests on the server"),
-    _Flag("allow_version_labels_for_unavailable_models", "bool", False,
-          "let new version labels point at versions that are not loaded yet"),
-    _Flag("batching_parameters_file", "string", "", "text-format BatchingParameters (needs --enable_batching)"),
-    _Flag("enable_per_model_batching_parameters", "bool", False,
-          "read batching_params.pbtxt from each model version directory"),
-    _Flag("model_config_file", "string", "", "text-format ModelServerConfig; overrides --model_name/--model_base_path"),
-    _Flag("model_config_file_poll_wait_seconds", "int32", 0,
-          "re-read --model_config_file every this many seconds (0: read once)"),
-    _Flag("model_name", "string", "default", "name of the model in single-model mode"),
-    _Flag("model_base_path", "string", "", "absolute path holding the model's numbered version directories"),
-    _Flag("num_load_threads", "int32", 0, "threads loading versions (accepted, no effect here)"),
-    _Flag("num_unload_threads", "int32", 0, "threads unloading versions (accepted, no effect here)"),
-    _Flag("max_num_load_retries", "int32", 5, "how often a failed version load is retried"),
-    _Flag("load_retry_interval_micros", "int64", 60 * 1000 * 1000, "wait between load retries in microseconds"),
-    _Flag("file_system_poll_wait_seconds", "int32", 1,
-          "rescan base paths for new versions every this many seconds (0: once at start)"),
-    _Flag("flush_filesystem_caches", "bool", True, "flush file system caches after loading (accepted, no effect here)"),
-    _Flag("tensorflow_session_parallelism", "int64", 0, "threads of one TensorFlow session (0: automatic)"),
-    _Flag("tensorflow_intra_op_parallelism", "int64", 0, "TensorFlow intra-op threads (0: automatic)"),
-    _Flag("tensorflow_inter_op_parallelism", "int64", 0, "TensorFlow inter-op threads (0: automatic)"),
-    _Flag("use_alts_credentials", "bool", False, "use ALTS credentials for gRPC (not supported here)"),
-    _Flag("ssl_config_file", "string", "", "text-format SSLConfig for gRPC (not supported here)"),
-    _Flag("saved_model_tags", "string", "serve", "comma-separated tag set of the MetaGraph to load"),
-    _Flag("platform_config_file", "string", "", "text-format PlatformConfigMap (accepted, no effect here)"),
-    _Flag("per_process_gpu_memory_fraction", "float", 0.0, "fraction of GPU memory per process (0: automatic)"),
-    _Flag("tensorflow_session_config_file", "string", "", "text-format tensorflow.ConfigProto for the sessions"),
-    _Flag("version", "bool", False, "print version information and exit"),
-    _Flag("monitoring_config_file", "string", "", "text-format MonitoringConfig (Prometheus endpoint)"),
-    _Flag("remove_unused_fields_from_bundle_metagraph", "bool", True,
-          "drop unused MetaGraph fields after loading (accepted, no effect here)"),
-    _Flag("prefer_tflite_model", "bool", False, "load model.tflite when present (accepted, no effect here)"),
-    _Flag("num_tflite_pools", "int32", _CPUS, "TFLite interpreter pools (accepted, no effect here)"),
-    _Flag("num_tflite_interpreters_per_pool", "int32", 1, "TFLite interpreters per pool (accepted, no effect here)"),
-    _Flag("enable_signature_method_name_check", "bool", False,
-          "require classify/regress/predict method names on signatures"),
-    _Flag("xla_cpu_compilation_enabled", "bool", False, "XLA on CPU (accepted, no effect here)"),
-    _Flag("xla_gpu_compilation_enabled", "bool", False, "XLA on GPU (accepted, no effect here)"),
-    _Flag("enable_profiler", "bool", True, "profiler service on the gRPC port (accepted, no effect here)"),
-    _Flag("thread_pool_factory_config_file", "string", "", "thread pool factory config (accepted, no effect here)"),
-    _Flag("enable_model_warmup", "bool", True, "replay assets.extra/tf_serving_warmup_requests before serving"),
-    _Flag("num_request_iterations_for_warmup", "int32", 0, "replays of each warmup record (0: once)"),
-    _Flag("enable_serialization_as_tensor_content", "bool", False,
-          "write gRPC output tensors into tensor_content instead of typed fields"),
-    _Flag("mixed_precision", "string", "", "mixed precision mode (accepted, no effect here)"),
-    _Flag("skip_initialize_tpu", "bool", False, "skip TPU initialization (accepted, no effect here)"),
-    _Flag("enable_grpc_healthcheck_service", "bool", False, "register the standard gRPC health service"),
-    _Flag("grpc_max_threads", "int32", 4 * _CPUS, "maximum threads handling gRPC requests"),
-)
-_BY_NAME = {flag.name: flag for flag in FLAGS}
+def flag(kind: str, default: Any, help: str) -> Any:
+    """Declares one `ServerOptions` field as a command-line flag of `kind` (see `FLAGS`)."""
+    return dataclasses.field(default=default, metadata={"kind": kind, "help": help})
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     """Every tensorflow_model_server flag (same names), plus the parsed config files.
+
+    This class is the one table of flags: each field declared with `flag()` is
+    a flag of that name, kind, default and help text (`FLAGS` is derived from
+    it). Flags of tensorflow_model_server come first (main.cc, defaults from
+    server.h); textserve's own flags follow in their own block.
 
     Built once by `parse_flags` in the entry point and passed down; no other
     module reads the command line. `batching_parameters` is None unless
@@ -111,54 +60,102 @@ class ServerOptions:
     `unknown_arguments` lists what named no flag (reported, then ignored).
     """
 
-    port: int
-    grpc_socket_path: str
-    grpc_channel_arguments: str
-    rest_api_port: int
-    rest_api_num_threads: int
-    rest_api_timeout_in_ms: int
-    rest_api_enable_cors_support: bool
-    enable_batching: bool
-    allow_version_labels_for_unavailable_models: bool
-    batching_parameters_file: str
-    enable_per_model_batching_parameters: bool
-    model_config_file: str
-    model_config_file_poll_wait_seconds: int
-    model_name: str
-    model_base_path: str
-    num_load_threads: int
-    num_unload_threads: int
-    max_num_load_retries: int
-    load_retry_interval_micros: int
-    file_system_poll_wait_seconds: int
-    flush_filesystem_caches: bool
-    tensorflow_session_parallelism: int
-    tensorflow_intra_op_parallelism: int
-    tensorflow_inter_op_parallelism: int
-    use_alts_credentials: bool
-    ssl_config_file: str
-    saved_model_tags: str
-    platform_config_file: str
-    per_process_gpu_memory_fraction: float
-    tensorflow_session_config_file: str
-    version: bool
-    monitoring_config_file: str
-    remove_unused_fields_from_bundle_metagraph: bool
-    prefer_tflite_model: bool
-    num_tflite_pools: int
-    num_tflite_interpreters_per_pool: int
-    enable_signature_method_name_check: bool
-    xla_cpu_compilation_enabled: bool
-    xla_gpu_compilation_enabled: bool
-    enable_profiler: bool
-    thread_pool_factory_config_file: str
-    enable_model_warmup: bool
-    num_request_iterations_for_warmup: int
-    enable_serialization_as_tensor_content: bool
-    mixed_precision: str
-    skip_initialize_tpu: bool
-    enable_grpc_healthcheck_service: bool
-    grpc_max_threads: int
+    port: int = flag(
+        "int32", 8500, "TCP port for the gRPC API (0: no TCP gRPC; then --grpc_socket_path is needed)"
+    )
+    grpc_socket_path: str = flag("string", "", "also serve gRPC on this UNIX domain socket")
+    grpc_channel_arguments: str = flag(
+        "string", "", "gRPC server arguments as comma-separated key=value pairs"
+    )
+    rest_api_port: int = flag("int32", 0, "TCP port for the HTTP/REST API (0: no REST API)")
+    rest_api_num_threads: int = flag("int32", 4 * _CPUS, "number of threads running REST inference")
+    rest_api_timeout_in_ms: int = flag("int32", 30000, "timeout of one REST request in milliseconds")
+    rest_api_enable_cors_support: bool = flag(
+        "bool", False, "answer REST requests with permissive CORS headers"
+    )
+    enable_batching: bool = flag("bool", False, "batch concurrent requests on the server")
+    allow_version_labels_for_unavailable_models: bool = flag(
+        "bool", False, "let new version labels point at versions that are not loaded yet"
+    )
+    batching_parameters_file: str = flag(
+        "string", "", "text-format BatchingParameters (needs --enable_batching)"
+    )
+    enable_per_model_batching_parameters: bool = flag(
+        "bool", False, "read batching_params.pbtxt from each model version directory"
+    )
+    model_config_file: str = flag(
+        "string", "", "text-format ModelServerConfig; overrides --model_name/--model_base_path"
+    )
+    model_config_file_poll_wait_seconds: int = flag(
+        "int32", 0, "re-read --model_config_file every this many seconds (0: read once)"
+    )
+    model_name: str = flag("string", "default", "name of the model in single-model mode")
+    model_base_path: str = flag(
+        "string", "", "absolute path holding the model's numbered version directories"
+    )
+    num_load_threads: int = flag("int32", 0, "threads loading versions (accepted, no effect here)")
+    num_unload_threads: int = flag("int32", 0, "threads unloading versions (accepted, no effect here)")
+    max_num_load_retries: int = flag("int32", 5, "how often a failed version load is retried")
+    load_retry_interval_micros: int = flag(
+        "int64", 60 * 1000 * 1000, "wait between load retries in microseconds"
+    )
+    file_system_poll_wait_seconds: int = flag(
+        "int32", 1, "rescan base paths for new versions every this many seconds (0: once at start)"
+    )
+    flush_filesystem_caches: bool = flag(
+        "bool", True, "flush file system caches after loading (accepted, no effect here)"
+    )
+    tensorflow_session_parallelism: int = flag("int64", 0, "threads of one TensorFlow session (0: automatic)")
+    tensorflow_intra_op_parallelism: int = flag("int64", 0, "TensorFlow intra-op threads (0: automatic)")
+    tensorflow_inter_op_parallelism: int = flag("int64", 0, "TensorFlow inter-op threads (0: automatic)")
+    use_alts_credentials: bool = flag("bool", False, "use ALTS credentials for gRPC (not supported here)")
+    ssl_config_file: str = flag("string", "", "text-format SSLConfig for gRPC (not supported here)")
+    saved_model_tags: str = flag("string", "serve", "comma-separated tag set of the MetaGraph to load")
+    platform_config_file: str = flag("string", "", "text-format PlatformConfigMap (accepted, no effect here)")
+    per_process_gpu_memory_fraction: float = flag(
+        "float", 0.0, "fraction of GPU memory per process (0: automatic)"
+    )
+    tensorflow_session_config_file: str = flag(
+        "string", "", "text-format tensorflow.ConfigProto for the sessions"
+    )
+    version: bool = flag("bool", False, "print version information and exit")
+    monitoring_config_file: str = flag("string", "", "text-format MonitoringConfig (Prometheus endpoint)")
+    remove_unused_fields_from_bundle_metagraph: bool = flag(
+        "bool", True, "drop unused MetaGraph fields after loading (accepted, no effect here)"
+    )
+    prefer_tflite_model: bool = flag(
+        "bool", False, "load model.tflite when present (accepted, no effect here)"
+    )
+    num_tflite_pools: int = flag("int32", _CPUS, "TFLite interpreter pools (accepted, no effect here)")
+    num_tflite_interpreters_per_pool: int = flag(
+        "int32", 1, "TFLite interpreters per pool (accepted, no effect here)"
+    )
+    enable_signature_method_name_check: bool = flag(
+        "bool", False, "require classify/regress/predict method names on signatures"
+    )
+    xla_cpu_compilation_enabled: bool = flag("bool", False, "XLA on CPU (accepted, no effect here)")
+    xla_gpu_compilation_enabled: bool = flag("bool", False, "XLA on GPU (accepted, no effect here)")
+    enable_profiler: bool = flag("bool", True, "profiler service on the gRPC port (accepted, no effect here)")
+    thread_pool_factory_config_file: str = flag(
+        "string", "", "thread pool factory config (accepted, no effect here)"
+    )
+    enable_model_warmup: bool = flag(
+        "bool", True, "replay assets.extra/tf_serving_warmup_requests before serving"
+    )
+    num_request_iterations_for_warmup: int = flag("int32", 0, "replays of each warmup record (0: once)")
+    enable_serialization_as_tensor_content: bool = flag(
+        "bool", False, "write gRPC output tensors into tensor_content instead of typed fields"
+    )
+    mixed_precision: str = flag("string", "", "mixed precision mode (accepted, no effect here)")
+    skip_initialize_tpu: bool = flag("bool", False, "skip TPU initialization (accepted, no effect here)")
+    enable_grpc_healthcheck_service: bool = flag("bool", False, "register the standard gRPC health service")
+    grpc_max_threads: int = flag("int32", 4 * _CPUS, "maximum threads handling gRPC requests")
+
+    # --- textserve's own flags (not in tensorflow_model_server) -----------------
+    # Front ends, data plane and shutdown:
+
+    # Model lifecycle and input validation:
+
     # Parsed from the files above (not flags).
     batching_parameters: Any = None  # config_protos.BatchingParameters | None
     monitoring_config: Any = None  # config_protos.MonitoringConfig
@@ -193,8 +190,11 @@ class ServerOptions:
             raise invalid_argument(
                 "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
             )
-        if self.tensorflow_intra_op_parallelism > 0 and self.tensorflow_inter_op_parallelism > 0 \
-                and self.tensorflow_session_parallelism > 0:
+        if (
+            self.tensorflow_intra_op_parallelism > 0
+            and self.tensorflow_inter_op_parallelism > 0
+            and self.tensorflow_session_parallelism > 0
+        ):
             raise invalid_argument(
                 "Either configure server_options.tensorflow_session_parallelism or "
                 "(server_options.tensorflow_intra_op_parallelism, "
@@ -209,6 +209,15 @@ class ServerOptions:
             raise invalid_argument(
                 "Either use_alts_credentials must be false or ssl_config_file must be empty."
             )
+
+
+# Every flag, in declaration order (the order of `--help`).
+FLAGS: tuple[_Flag, ...] = tuple(
+    _Flag(f.name, f.metadata["kind"], f.default, f.metadata["help"])
+    for f in dataclasses.fields(ServerOptions)
+    if "kind" in f.metadata
+)
+_BY_NAME = {flag.name: flag for flag in FLAGS}
 
 
 class FlagError(ValueError):
@@ -332,10 +341,8 @@ def parse_flags(argv: Sequence[str], prog: str = "tensorflow_model_server") -> S
 
 def options_for_tests(**overrides: Any) -> ServerOptions:
     """Default options with some flags replaced (for building a manager in-process)."""
-    values = {flag.name: flag.default for flag in FLAGS}
-    unknown = set(overrides) - set(values) - {f.name for f in dataclasses.fields(ServerOptions)}
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ServerOptions)}
     if unknown:
         raise ValueError(f"options_for_tests: no such option(s): {sorted(unknown)}")
-    values.update(overrides)
-    values.setdefault("monitoring_config", config_protos.MonitoringConfig())
-    return ServerOptions(**values)
+    overrides.setdefault("monitoring_config", config_protos.MonitoringConfig())
+    return ServerOptions(**overrides)

@@ -26,6 +26,7 @@ import dataclasses
 import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -36,7 +37,7 @@ _MICROS = 1e6
 def exponential_buckets(scale: float, growth: float, count: int) -> tuple[float, ...]:
     """TF monitoring's `Buckets::Exponential`: `count` limits from `scale`, plus DBL_MAX."""
     limits = [scale * growth**i for i in range(count)]
-    return tuple(limits) + (sys.float_info.max,)
+    return (*tuple(limits), sys.float_info.max)
 
 
 # Scale 10 µs, growth 1.8, 33 buckets (~20 minutes), as TF Serving's latency samplers.
@@ -63,55 +64,88 @@ class _Spec:
 
 
 REQUEST_COUNT = _Spec(
-    "/tensorflow/serving/request_count", "counter", ("model_name", "status"),
+    "/tensorflow/serving/request_count",
+    "counter",
+    ("model_name", "status"),
     "The total number of requests.",
 )
 REQUEST_LATENCY = _Spec(
-    "/tensorflow/serving/request_latency", "histogram", ("model_name", "API", "entrypoint"),
+    "/tensorflow/serving/request_latency",
+    "histogram",
+    ("model_name", "API", "entrypoint"),
     "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
     LATENCY_BUCKETS,
 )
 RUNTIME_LATENCY = _Spec(
-    "/tensorflow/serving/runtime_latency", "histogram", ("model_name", "API", "runtime"),
+    "/tensorflow/serving/runtime_latency",
+    "histogram",
+    ("model_name", "API", "runtime"),
     "Distribution of wall time (in microseconds) for Tensorflow runtime.",
     LATENCY_BUCKETS,
 )
 EXAMPLE_COUNTS = _Spec(
-    "/tensorflow/serving/request_example_counts", "histogram", ("model",),
-    "The number of tensorflow.Examples per request.", EXAMPLE_COUNT_BUCKETS,
+    "/tensorflow/serving/request_example_counts",
+    "histogram",
+    ("model",),
+    "The number of tensorflow.Examples per request.",
+    EXAMPLE_COUNT_BUCKETS,
 )
 EXAMPLE_COUNT_TOTAL = _Spec(
-    "/tensorflow/serving/request_example_count_total", "counter", ("model",),
+    "/tensorflow/serving/request_example_count_total",
+    "counter",
+    ("model",),
     "The total number of tensorflow.Examples.",
 )
 WARMUP_LATENCY = _Spec(
-    "/tensorflow/serving/model_warmup_latency", "histogram", ("model_path", "status"),
-    "Distribution of wall time (in microseconds) for warming up the model.", LATENCY_BUCKETS,
+    "/tensorflow/serving/model_warmup_latency",
+    "histogram",
+    ("model_path", "status"),
+    "Distribution of wall time (in microseconds) for warming up the model.",
+    LATENCY_BUCKETS,
 )
 WARMUP_RECORDS = _Spec(
-    "/tensorflow/serving/model_warmup_records_read", "counter", ("model_path", "status"),
+    "/tensorflow/serving/model_warmup_records_read",
+    "counter",
+    ("model_path", "status"),
     "Number of warmup records read.",
 )
 QUEUING_LATENCY = _Spec(
-    "/tensorflow/serving/batching_session/queuing_latency", "histogram", ("thread_pool_name",),
-    "Distribution of wall time spent (in microseconds) in queuing", QUEUING_BUCKETS,
+    "/tensorflow/serving/batching_session/queuing_latency",
+    "histogram",
+    ("thread_pool_name",),
+    "Distribution of wall time spent (in microseconds) in queuing",
+    QUEUING_BUCKETS,
 )
 WRAPPED_RUN_COUNT = _Spec(
-    "/tensorflow/serving/batching_session/wrapped_run_count", "counter", (),
+    "/tensorflow/serving/batching_session/wrapped_run_count",
+    "counter",
+    (),
     "Total count of run calls on the wrapped session",
 )
 LOAD_ATTEMPT_COUNT = _Spec(
-    "/tensorflow/cc/saved_model/load_attempt_count", "counter", ("model_path", "status"),
+    "/tensorflow/cc/saved_model/load_attempt_count",
+    "counter",
+    ("model_path", "status"),
     "The number of times a SavedModel was successfully loaded.",
 )
 LOAD_LATENCY = _Spec(
-    "/tensorflow/cc/saved_model/load_latency", "counter", ("model_path",),
+    "/tensorflow/cc/saved_model/load_latency",
+    "counter",
+    ("model_path",),
     "Latency in microseconds for SavedModels that were successfully loaded.",
 )
 
 ALL_SPECS = (
-    REQUEST_COUNT, REQUEST_LATENCY, RUNTIME_LATENCY, EXAMPLE_COUNTS, EXAMPLE_COUNT_TOTAL,
-    WARMUP_LATENCY, WARMUP_RECORDS, QUEUING_LATENCY, WRAPPED_RUN_COUNT, LOAD_ATTEMPT_COUNT,
+    REQUEST_COUNT,
+    REQUEST_LATENCY,
+    RUNTIME_LATENCY,
+    EXAMPLE_COUNTS,
+    EXAMPLE_COUNT_TOTAL,
+    WARMUP_LATENCY,
+    WARMUP_RECORDS,
+    QUEUING_LATENCY,
+    WRAPPED_RUN_COUNT,
+    LOAD_ATTEMPT_COUNT,
     LOAD_LATENCY,
 )
 
@@ -134,7 +168,7 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # spec -> {label values tuple -> int (counter) | _Histogram}
-        self._values: dict[_Spec, dict[tuple[str, ...], object]] = {s: {} for s in ALL_SPECS}
+        self._values: dict[_Spec, dict[tuple[str, ...], Any]] = {s: {} for s in ALL_SPECS}
 
     # ------------------------------------------------------------------ recording
 
@@ -208,7 +242,7 @@ class Metrics:
             return 0
         return sum(cell.counts) if isinstance(cell, _Histogram) else cell
 
-    def _snapshot(self) -> list[tuple[_Spec, list[tuple[tuple[str, ...], object]]]]:
+    def _snapshot(self) -> list[tuple[_Spec, list[tuple[tuple[str, ...], Any]]]]:
         with self._lock:
             out = []
             for spec in sorted(ALL_SPECS, key=lambda s: s.tf_name):
@@ -245,7 +279,7 @@ class Metrics:
                 lines.append(f"{spec.name}_count{{{joined}}} {cumulative}")
         return ("\n".join(lines) + "\n").encode("utf-8")
 
-    def collector(self) -> "TfServingCollector":
+    def collector(self) -> TfServingCollector:
         """A prometheus-client collector over these metrics (for a `CollectorRegistry`)."""
         return TfServingCollector(self)
 
@@ -257,7 +291,7 @@ class TfServingCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for spec, cells in self._metrics._snapshot():  # noqa: SLF001 - same module
+        for spec, cells in self._metrics._snapshot():
             family = Metric(spec.name, spec.doc, spec.kind)
             for labels, cell in cells:
                 named = dict(zip(spec.labels, labels))

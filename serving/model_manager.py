@@ -491,8 +491,9 @@ class ModelManager:
                 log.error("%s", e.log_line)
                 log.error("Keeping the current models: %s", e)
                 continue
-            if self._config is not None and config.SerializeToString(deterministic=True) == \
-                    self._config.SerializeToString(deterministic=True):
+            if self._config is not None and config.SerializeToString(
+                deterministic=True
+            ) == self._config.SerializeToString(deterministic=True):
                 continue
             log.info("Model config file %s changed; applying it", path)
             try:
@@ -518,23 +519,39 @@ class ModelManager:
             return
         base_path = config.base_path
         if not os.path.isdir(base_path):
-            self._log_once(("missing", name, base_path), logging.ERROR,
-                           "Could not find base path %s for servable %s", base_path, name)
+            self._log_once(
+                ("missing", name, base_path),
+                logging.ERROR,
+                "Could not find base path %s for servable %s",
+                base_path,
+                name,
+            )
             found = {}
         else:
             self._logged.discard(("missing", name, base_path))
             found = discover_versions(base_path)
             if not found:
-                self._log_once(("empty", name, base_path), logging.WARNING,
-                               "No versions of servable %s found under base path %s. Did you forget "
-                               "to name your leaf directory as a number (eg. '/1/')?", name, base_path)
+                self._log_once(
+                    ("empty", name, base_path),
+                    logging.WARNING,
+                    "No versions of servable %s found under base path %s. Did you forget "
+                    "to name your leaf directory as a number (eg. '/1/')?",
+                    name,
+                    base_path,
+                )
         aspired = aspired_versions(config, found)
         policy = config.model_version_policy
         if policy.WhichOneof("policy_choice") == "specific":
             for missing in sorted(set(policy.specific.versions) - set(found)):
-                self._log_once(("specific", name, missing), logging.WARNING,
-                               "Version %d of servable %s is in the config's specific versions but "
-                               "not found under base path %s", missing, name, base_path)
+                self._log_once(
+                    ("specific", name, missing),
+                    logging.WARNING,
+                    "Version %d of servable %s is in the config's specific versions but "
+                    "not found under base path %s",
+                    missing,
+                    name,
+                    base_path,
+                )
         with self._status_lock:
             self._aspired_now = {**self._aspired_now, name: aspired}
         while not self._stop.is_set():
@@ -581,8 +598,15 @@ class ModelManager:
                 error = e
                 if self._metrics is not None:
                     self._metrics.record_model_load(path, "fail", time.monotonic() - started)
-                log.error("Loading servable version {name: %s version: %d} failed (attempt %d of %d): %s: %s",
-                          name, version, attempt + 1, retries + 1, e.code.name, e.message)
+                log.error(
+                    "Loading servable version {name: %s version: %d} failed (attempt %d of %d): %s: %s",
+                    name,
+                    version,
+                    attempt + 1,
+                    retries + 1,
+                    e.code.name,
+                    e.message,
+                )
                 # Stop retrying when the version is gone or no longer wanted.
                 if attempt == retries or self._stop.wait(interval_s) or not os.path.isdir(path):
                     break
@@ -593,12 +617,19 @@ class ModelManager:
             routes = dict(self._routes)
             routes[name] = {**routes.get(name, {}), version: servable}
             self._routes = routes
-            log.info("Successfully loaded servable version {name: %s version: %d} in %.2f s",
-                     name, version, time.monotonic() - started)
+            log.info(
+                "Successfully loaded servable version {name: %s version: %d} in %.2f s",
+                name,
+                version,
+                time.monotonic() - started,
+            )
             return
         assert error is not None
-        self._set_status(name, version, _Version(
-            END, code=error.code, message=error.message, failed_fingerprint=fingerprint))
+        self._set_status(
+            name,
+            version,
+            _Version(END, code=error.code, message=error.message, failed_fingerprint=fingerprint),
+        )
 
     def _unload(self, name: str, version: int) -> None:
         """Stops routing to a version, lets its running requests finish, frees it."""

@@ -30,7 +30,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
 
-    def GetModelStatus(self, request, context):  # noqa: N802 - gRPC method name
+    def GetModelStatus(self, request, context):
         """Status of one version (model_spec.version) or of every known version.
 
         A version label is ignored, as in TF Serving: only an explicit version narrows.
@@ -44,7 +44,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as e:
             context.abort(e.code, e.grpc_message())
 
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802 - gRPC method name
+    def HandleReloadConfigRequest(self, request, context):
         """Replaces the served models with `request.config` (a model_config_list only).
 
         Replies only once every added model is AVAILABLE. On failure the call
@@ -59,8 +59,13 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                     "Only ModelConfigList is currently supported"
                 )
             for index, model in enumerate(request.config.model_config_list.config):
-                log.info("Reload config entry %d: name=%s base_path=%s platform=%s",
-                         index, model.name, model.base_path, model.model_platform)
+                log.info(
+                    "Reload config entry %d: name=%s base_path=%s platform=%s",
+                    index,
+                    model.name,
+                    model.base_path,
+                    model.model_platform,
+                )
             self.manager.reload_config(request.config)
         except ServingError as e:
             log.error("ServerCore failed to reload config: %s", e.message)

@@ -89,49 +89,48 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         except ServingError as e:
             status = e.code
             context.abort(e.code, e.grpc_message())
-        except Exception as e:  # noqa: BLE001 - a bug must still answer with a status
+        except Exception as e:
             log.exception("%s on model %r failed unexpectedly", api, model_name)
             status = grpc.StatusCode.INTERNAL
             context.abort(grpc.StatusCode.INTERNAL, f"{api} failed: {e}")
         finally:
             if record and self.metrics is not None:
-                self.metrics.record_request(
-                    model_name, api, "GRPC", status.name, time.perf_counter() - start
-                )
+                self.metrics.record_request(model_name, api, "GRPC", status.name, time.perf_counter() - start)
+        raise AssertionError("unreachable: context.abort() raises")
 
     def _servable_for(self, request: Any) -> Any:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         return resolve_model_spec(self.manager, request.model_spec)
 
-    def Predict(self, request, context):  # noqa: N802 - gRPC method name
+    def Predict(self, request, context):
         """PredictionService.Predict: run a signature on input tensors."""
         return self._serve(
-            "Predict", request.model_spec.name, context,
-            lambda deadline: self.dataplane.predict_request(
-                self._servable_for(request), request, deadline
-            ),
+            "Predict",
+            request.model_spec.name,
+            context,
+            lambda deadline: self.dataplane.predict_request(self._servable_for(request), request, deadline),
         )
 
-    def Classify(self, request, context):  # noqa: N802
+    def Classify(self, request, context):
         """PredictionService.Classify: run a classification signature on tf.Examples."""
         return self._serve(
-            "Classify", request.model_spec.name, context,
-            lambda deadline: self.dataplane.classify_request(
-                self._servable_for(request), request, deadline
-            ),
+            "Classify",
+            request.model_spec.name,
+            context,
+            lambda deadline: self.dataplane.classify_request(self._servable_for(request), request, deadline),
         )
 
-    def Regress(self, request, context):  # noqa: N802
+    def Regress(self, request, context):
         """PredictionService.Regress: run a regression signature on tf.Examples."""
         return self._serve(
-            "Regress", request.model_spec.name, context,
-            lambda deadline: self.dataplane.regress_request(
-                self._servable_for(request), request, deadline
-            ),
+            "Regress",
+            request.model_spec.name,
+            context,
+            lambda deadline: self.dataplane.regress_request(self._servable_for(request), request, deadline),
         )
 
-    def MultiInference(self, request, context):  # noqa: N802
+    def MultiInference(self, request, context):
         """PredictionService.MultiInference: several classify/regress tasks on one input."""
 
         def body(deadline):
@@ -144,16 +143,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         model_name = request.tasks[0].model_spec.name if request.tasks else ""
         return self._serve("MultiInference", model_name, context, body)
 
-    def GetModelMetadata(self, request, context):  # noqa: N802
+    def GetModelMetadata(self, request, context):
         """PredictionService.GetModelMetadata: the model's SignatureDefMap (only field supported)."""
 
         def body(_deadline):
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             if not request.metadata_field:
-                raise invalid_argument(
-                    "GetModelMetadataRequest must specify at least one metadata_field"
-                )
+                raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             for field in request.metadata_field:
                 if field != SIGNATURE_DEF_FIELD:
@@ -166,9 +163,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
             return response
 
-        return self._serve(
-            "GetModelMetadata", request.model_spec.name, context, body, record=False
-        )
+        return self._serve("GetModelMetadata", request.model_spec.name, context, body, record=False)
 
 
 def add_prediction_service(

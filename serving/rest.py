@@ -25,7 +25,7 @@ request cannot take the process's memory; gRPC takes up to 2 GiB.
 
 Layering: handlers parse, delegate and encode; model lookup belongs to the
 `ModelManager`, validation and runs to the `DataPlane`, JSON rules to
-`json_codec`.
+`rest_request` / `rest_response`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import orjson
@@ -50,7 +51,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
-from serving import json_codec
+from serving import rest_examples, rest_request, rest_response
 from serving.errors import ServingError, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ class _Reply:
     code: str = "OK"
 
     @classmethod
-    def error(cls, error: ServingError) -> "_Reply":
-        return cls(error.http_status, json_codec.encode_error(error.message), error.code.name)
+    def error(cls, error: ServingError) -> _Reply:
+        return cls(error.http_status, rest_response.encode_error(error.message), error.code.name)
 
 
 class _UrlParseError(Exception):
@@ -112,11 +113,9 @@ def _guarded(handler: Callable[..., bytes]) -> Callable[..., _Reply]:
             return _Reply(200, handler(self, *args))
         except ServingError as e:
             return _Reply.error(e)
-        except Exception as e:  # noqa: BLE001 - last line of defence, see docstring
+        except Exception as e:
             log.exception("REST handler %s failed", handler.__name__)
-            return _Reply.error(
-                ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-            )
+            return _Reply.error(ServingError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
     return wrapper
 
@@ -242,7 +241,7 @@ class RestServer:
         await self._site.stop()  # closes the listening socket: no new connections
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=max(grace_s, 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%d REST request(s) still running after %.1f s; closing", self._in_flight, grace_s)
         await self._runner.cleanup()
 
@@ -256,6 +255,7 @@ class RestServer:
             return web.Response(body=page, headers={"Content-Type": "text/plain", **self._extra_headers})
         if not _V1_PATH.fullmatch(path):
             return web.Response(status=404, text="404: Not Found")
+        assert self._idle is not None  # created when the loop starts
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -290,6 +290,7 @@ class RestServer:
                 job = functools.partial(self._status, name, version)
             return self._respond(await self._run(job, bounded=False))
 
+        assert verb is not None  # the prediction route always names one
         api = verb.lower()
         start = time.perf_counter()
         try:
@@ -297,7 +298,7 @@ class RestServer:
         except ServingError as e:
             reply = _Reply.error(e)
         except _BodyTooLarge as e:
-            reply = _Reply(413, json_codec.encode_error(str(e)), grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+            reply = _Reply(413, rest_response.encode_error(str(e)), grpc.StatusCode.RESOURCE_EXHAUSTED.name)
         else:
             deadline = time.monotonic() + self._timeout_s if self._timeout_s else None
             handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[api]
@@ -343,7 +344,7 @@ class RestServer:
             return await future
         try:
             return await asyncio.wait_for(future, self._timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # The worker finishes on its own; the data plane also saw the deadline.
             return _Reply.error(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
@@ -353,39 +354,40 @@ class RestServer:
     # ------------------------------------------------------------------ handlers (pool threads)
 
     @_guarded
-    def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
-                 deadline: float | None) -> bytes:
+    def _predict(
+        self, name: str, version: int | None, label: str | None, body: bytes, deadline: float | None
+    ) -> bytes:
         # TF Serving's order: JSON, signature_name type, model, signature, body checks.
-        doc = json_codec.parse_request(body)
-        signature_name = json_codec.signature_name(doc)
+        doc = rest_request.parse_request(body)
+        signature_name = rest_request.signature_name(doc)
         servable = self._manager.resolve(name, version, label)
         signature = self._dataplane.signature(servable, signature_name, "predict", rest=True)
-        inputs, row_format = json_codec.predict_inputs(doc, signature, body)
-        outputs = self._dataplane.predict(
-            servable, signature_name, inputs, deadline=deadline, rest=True
-        )
-        return json_codec.encode_predict_response(outputs, row_format)
+        inputs, row_format = rest_request.predict_inputs(doc, signature, body)
+        outputs = self._dataplane.predict(servable, signature_name, inputs, deadline=deadline, rest=True)
+        return rest_response.encode_predict_response(outputs, row_format)
 
     @_guarded
-    def _classify(self, name: str, version: int | None, label: str | None, body: bytes,
-                  deadline: float | None) -> bytes:
+    def _classify(
+        self, name: str, version: int | None, label: str | None, body: bytes, deadline: float | None
+    ) -> bytes:
         # The whole body becomes Examples before the model is looked up (as in TF Serving).
-        doc = json_codec.parse_request(body)
-        signature_name = json_codec.signature_name(doc)
-        examples = json_codec.serialized_examples(doc, "classify")
+        doc = rest_request.parse_request(body)
+        signature_name = rest_request.signature_name(doc)
+        examples = rest_examples.serialized_examples(doc, "classify")
         servable = self._manager.resolve(name, version, label)
         classes, scores = self._dataplane.classify(servable, signature_name, examples, deadline)
-        return json_codec.encode_classify_response(classes, scores)
+        return rest_response.encode_classify_response(classes, scores)
 
     @_guarded
-    def _regress(self, name: str, version: int | None, label: str | None, body: bytes,
-                 deadline: float | None) -> bytes:
-        doc = json_codec.parse_request(body)
-        signature_name = json_codec.signature_name(doc)
-        examples = json_codec.serialized_examples(doc, "regress")
+    def _regress(
+        self, name: str, version: int | None, label: str | None, body: bytes, deadline: float | None
+    ) -> bytes:
+        doc = rest_request.parse_request(body)
+        signature_name = rest_request.signature_name(doc)
+        examples = rest_examples.serialized_examples(doc, "regress")
         servable = self._manager.resolve(name, version, label)
         values = self._dataplane.regress(servable, signature_name, examples, deadline)
-        return json_codec.encode_regress_response(values)
+        return rest_response.encode_regress_response(values)
 
     @_guarded
     def _status(self, name: str, version: int | None) -> bytes:

@@ -127,9 +127,7 @@ class Servable:
         try:
             # The TF1 loader is deliberate (see module docstring); silence its notice.
             with self._graph.as_default(), deprecation.silence():
-                self.meta_graph_def = tf.compat.v1.saved_model.loader.load(
-                    self._session, list(tags), path
-                )
+                self.meta_graph_def = tf.compat.v1.saved_model.loader.load(self._session, list(tags), path)
         except tf.errors.OpError as e:
             self._session.close()
             raise serving_error_from_tf(e) from e
@@ -138,7 +136,9 @@ class Servable:
             # RuntimeError for a tag set the file does not contain.
             self._session.close()
             code = grpc.StatusCode.NOT_FOUND if isinstance(e, OSError) else grpc.StatusCode.INVALID_ARGUMENT
-            raise ServingError(code, f"Failed to load SavedModel at {path} with tags {{{','.join(tags)}}}: {e}") from e
+            raise ServingError(
+                code, f"Failed to load SavedModel at {path} with tags {{{','.join(tags)}}}: {e}"
+            ) from e
         self.signature_defs: Mapping[str, object] = dict(self.meta_graph_def.signature_def)
         # feeds, fetches → (callable, dtype name each feed expects)
         self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[object, list[str]]] = {}

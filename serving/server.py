@@ -96,13 +96,20 @@ def _add_health_service(server, service_names: list[str]) -> None:
     for number, name in enumerate(["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]):
         status_enum.value.add(name=name, number=number)
     response.field.add(
-        name="status", number=1, type=field.TYPE_ENUM, label=field.LABEL_OPTIONAL,
+        name="status",
+        number=1,
+        type=field.TYPE_ENUM,
+        label=field.LABEL_OPTIONAL,
         type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file_proto)
-    request_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest"))
-    response_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse"))
+    request_class = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")
+    )
+    response_class = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")
+    )
     serving = {"", *service_names}
 
     def check(req, context):
@@ -110,12 +117,16 @@ def _add_health_service(server, service_names: list[str]) -> None:
             context.abort(grpc.StatusCode.NOT_FOUND, "service name unknown")
         return response_class(status=1)  # SERVING
 
-    handler = grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
-        "Check": grpc.unary_unary_rpc_method_handler(
-            check, request_deserializer=request_class.FromString,
-            response_serializer=response_class.SerializeToString,
-        ),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check,
+                request_deserializer=request_class.FromString,
+                response_serializer=response_class.SerializeToString,
+            ),
+        },
+    )
     server.add_generic_rpc_handlers((handler,))
 
 
@@ -199,9 +210,12 @@ def _serve(options) -> int:
         return _startup_failure("INVALID_ARGUMENT", str(e))
     hook = None
     if options.enable_model_warmup:
+
         def hook(servable):
-            warmup.run_warmup(servable, dataplane.replay_warmup_record,
-                              options.num_request_iterations_for_warmup, metrics)
+            warmup.run_warmup(
+                servable, dataplane.replay_warmup_record, options.num_request_iterations_for_warmup, metrics
+            )
+
     try:
         manager.start(config, warmup=hook)
     except ServingError as e:
@@ -210,8 +224,7 @@ def _serve(options) -> int:
         return _startup_failure(e.code.name, e.message)
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max(1, options.grpc_max_threads),
-                                   thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=max(1, options.grpc_max_threads), thread_name_prefix="grpc"),
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -221,10 +234,15 @@ def _serve(options) -> int:
     add_prediction_service(server, manager, dataplane, metrics)
     add_model_service(server, manager)
     if options.enable_grpc_healthcheck_service:
-        _add_health_service(server, [
-            "ModelService", "PredictionService",
-            "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService",
-        ])
+        _add_health_service(
+            server,
+            [
+                "ModelService",
+                "PredictionService",
+                "tensorflow.serving.ModelService",
+                "tensorflow.serving.PredictionService",
+            ],
+        )
     addresses = []
     if options.port:
         addresses.append(f"0.0.0.0:{options.port}")
@@ -238,7 +256,9 @@ def _serve(options) -> int:
         if not bound:
             manager.stop()
             dataplane.close()
-            return _startup_failure("UNAVAILABLE", f"Failed to BuildAndStart gRPC server: cannot listen on {address}")
+            return _startup_failure(
+                "UNAVAILABLE", f"Failed to BuildAndStart gRPC server: cannot listen on {address}"
+            )
     server.start()
     for address in addresses:
         log.info("Running gRPC ModelServer at %s ...", address)
@@ -246,8 +266,10 @@ def _serve(options) -> int:
     rest_server = None
     if options.rest_api_port:
         if options.rest_api_port == options.port:
-            log.error("server_options.http_port cannot be same as grpc_port. Please use a different "
-                      "port for HTTP/REST API. Skipped exporting HTTP/REST API.")
+            log.error(
+                "server_options.http_port cannot be same as grpc_port. Please use a different "
+                "port for HTTP/REST API. Skipped exporting HTTP/REST API."
+            )
         else:
             try:
                 rest_server = _start_rest(dataplane, manager, options, metrics)
@@ -256,7 +278,8 @@ def _serve(options) -> int:
                 manager.stop()
                 dataplane.close()
                 return _startup_failure(
-                    "UNAVAILABLE", f"Failed to start HTTP Server at localhost:{options.rest_api_port}: {e}")
+                    "UNAVAILABLE", f"Failed to start HTTP Server at localhost:{options.rest_api_port}: {e}"
+                )
             if rest_server is not None:
                 log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_api_port)
 
@@ -270,13 +293,17 @@ def _serve(options) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     rest_text = f"localhost:{options.rest_api_port}" if rest_server is not None else "off"
-    print(f"{READY_MESSAGE}: gRPC at {', '.join(addresses)}, REST at {rest_text}",
-          file=sys.stderr, flush=True)
+    print(
+        f"{READY_MESSAGE}: gRPC at {', '.join(addresses)}, REST at {rest_text}", file=sys.stderr, flush=True
+    )
     while not stop.wait(1.0):
         pass
 
-    log.info("Received %s: no new requests; waiting up to %.0f s for the ones in flight",
-             signal.Signals(received[0]).name, SHUTDOWN_GRACE_S)
+    log.info(
+        "Received %s: no new requests; waiting up to %.0f s for the ones in flight",
+        signal.Signals(received[0]).name,
+        SHUTDOWN_GRACE_S,
+    )
     grpc_done = server.stop(SHUTDOWN_GRACE_S)
     if rest_server is not None:
         rest_server.stop(SHUTDOWN_GRACE_S)

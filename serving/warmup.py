@@ -59,7 +59,7 @@ def read_warmup_records(path: str) -> list:
     from tensorflow.python.util import deprecation
     from tensorflow_serving.apis import prediction_log_pb2
 
-    logs = []
+    logs: list = []
     try:
         # The plain record iterator reads without building a tf.data pipeline.
         with deprecation.silence():
@@ -129,6 +129,11 @@ def run_warmup(
     latency_s = time.monotonic() - started
     if metrics is not None:
         metrics.record_warmup(servable.path, "OK", latency_s, len(records))
-    log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
-             "Elapsed time (microseconds): %d.", path, len(records), int(latency_s * 1e6))
+    log.info(
+        "Finished reading warmup data for model at %s. Number of warmup records read: %d. "
+        "Elapsed time (microseconds): %d.",
+        path,
+        len(records),
+        int(latency_s * 1e6),
+    )
     return len(records)

@@ -25,12 +25,45 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A small vocabulary per class; documents mix class words with shared filler.
 _CLASS_WORDS = {
-    "cooking": "oven recipe flour butter garlic simmer sauce bake onion pepper".split(),
-    "football": "goal striker penalty league referee keeper midfield match tackle cup".split(),
-    "markets": "shares investors profit bond inflation bank stocks dividend trading rates".split(),
-    "space": "rocket orbit astronaut launch planet telescope moon satellite mission galaxy".split(),
+    "cooking": ["oven", "recipe", "flour", "butter", "garlic", "simmer", "sauce", "bake", "onion", "pepper"],
+    "football": [
+        "goal",
+        "striker",
+        "penalty",
+        "league",
+        "referee",
+        "keeper",
+        "midfield",
+        "match",
+        "tackle",
+        "cup",
+    ],
+    "markets": [
+        "shares",
+        "investors",
+        "profit",
+        "bond",
+        "inflation",
+        "bank",
+        "stocks",
+        "dividend",
+        "trading",
+        "rates",
+    ],
+    "space": [
+        "rocket",
+        "orbit",
+        "astronaut",
+        "launch",
+        "planet",
+        "telescope",
+        "moon",
+        "satellite",
+        "mission",
+        "galaxy",
+    ],
 }
-_FILLER = "the report said today new people would also year week time".split()
+_FILLER = ["the", "report", "said", "today", "new", "people", "would", "also", "year", "week", "time"]
 
 
 def bbc_dir() -> Path | None:
@@ -54,16 +87,24 @@ def write_tiny_corpus(root: Path, per_class: int = 24, seed: int = 7) -> Path:
     for label, words in _CLASS_WORDS.items():
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            tokens = [rng.choice(words) if rng.random() < 0.6 else rng.choice(_FILLER) for _ in range(rng.randint(8, 30))]
+            tokens = [
+                rng.choice(words) if rng.random() < 0.6 else rng.choice(_FILLER)
+                for _ in range(rng.randint(8, 30))
+            ]
             (root / label / f"{i:03d}.txt").write_text(" ".join(tokens).capitalize() + ".\n", "utf-8")
     (root / "README.TXT").write_text("Synthetic corpus for tests.\n", "utf-8")
     return root
 
 
 TINY_OVERRIDES = [
-    "preprocessing.max_tokens=200", "preprocessing.sequence_length=24",
-    "model.embedding_dim=8", "model.lstm_units=8", "model.dense_units=8",
-    "train.epochs=2", "train.batch_size=16", "export.model_name=tiny",
+    "preprocessing.max_tokens=200",
+    "preprocessing.sequence_length=24",
+    "model.embedding_dim=8",
+    "model.lstm_units=8",
+    "model.dense_units=8",
+    "train.epochs=2",
+    "train.batch_size=16",
+    "export.model_name=tiny",
 ]
 
 
@@ -79,7 +120,9 @@ def tiny_run(tiny_corpus, tmp_path_factory):
     from pipeline.train import train
 
     config = load_config(None, TINY_OVERRIDES)
-    return train(config, tiny_corpus, tmp_path_factory.mktemp("tiny_run") / "run", verbose=0, log=lambda *_: None)
+    return train(
+        config, tiny_corpus, tmp_path_factory.mktemp("tiny_run") / "run", verbose=0, log=lambda *_: None
+    )
 
 
 @pytest.fixture(scope="session")

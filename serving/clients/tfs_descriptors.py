@@ -70,9 +70,21 @@ def file_descriptor_set() -> bytes:
 
 # FieldDescriptorProto.Type number → protobuf.js scalar name (11 message, 14 enum, 10 group: by name).
 _SCALAR_TYPES = {
-    1: "double", 2: "float", 3: "int64", 4: "uint64", 5: "int32", 6: "fixed64", 7: "fixed32",
-    8: "bool", 9: "string", 12: "bytes", 13: "uint32", 15: "sfixed32", 16: "sfixed64",
-    17: "sint32", 18: "sint64",
+    1: "double",
+    2: "float",
+    3: "int64",
+    4: "uint64",
+    5: "int32",
+    6: "fixed64",
+    7: "fixed32",
+    8: "bool",
+    9: "string",
+    12: "bytes",
+    13: "uint32",
+    15: "sfixed32",
+    16: "sfixed64",
+    17: "sint32",
+    18: "sint64",
 }
 _LABEL_REPEATED = 3
 
@@ -103,14 +115,17 @@ def protobufjs_json(descriptor_set: bytes) -> dict:
         for enum in file_proto.enum_type:
             nested[enum.name] = _enum_json(enum)
         for service in file_proto.service:
-            nested[service.name] = {"methods": {
-                method.name: {
-                    "requestType": method.input_type, "responseType": method.output_type,
-                    **({"requestStream": True} if method.client_streaming else {}),
-                    **({"responseStream": True} if method.server_streaming else {}),
+            nested[service.name] = {
+                "methods": {
+                    method.name: {
+                        "requestType": method.input_type,
+                        "responseType": method.output_type,
+                        **({"requestStream": True} if method.client_streaming else {}),
+                        **({"responseStream": True} if method.server_streaming else {}),
+                    }
+                    for method in service.method
                 }
-                for method in service.method
-            }}
+            }
     return root
 
 
@@ -145,7 +160,9 @@ def _message_json(message, full_name: str) -> dict:
     if oneofs:
         doc["oneofs"] = {name: {"oneof": members} for name, members in oneofs.items()}
     nested = {
-        n.name: _message_json(n, f"{full_name}.{n.name}") for n in message.nested_type if not n.options.map_entry
+        n.name: _message_json(n, f"{full_name}.{n.name}")
+        for n in message.nested_type
+        if not n.options.map_entry
     }
     nested.update({e.name: _enum_json(e) for e in message.enum_type})
     if nested:
@@ -180,17 +197,26 @@ def go_mapping_options(descriptor_set: bytes, go_package_root: str) -> list[str]
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path,
-                        help="where to write: NAME.pb (FileDescriptorSet) or NAME.json (protobuf.js JSON)")
-    parser.add_argument("--go-package", help="also print protoc M options for Go packages under this import path")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="where to write: NAME.pb (FileDescriptorSet) or NAME.json (protobuf.js JSON)",
+    )
+    parser.add_argument(
+        "--go-package", help="also print protoc M options for Go packages under this import path"
+    )
     args = parser.parse_args(argv)
     if args.out.suffix not in (".pb", ".json"):
         parser.error(f"--out must end in .pb (FileDescriptorSet) or .json (protobuf.js JSON), got {args.out}")
     try:
         data = file_descriptor_set()
     except ImportError as e:
-        print(f"cannot import TF Serving's API ({e}): run this with the Python that has "
-              "tensorflow-serving-api installed, e.g. PYTHON=.venv/bin/python", file=sys.stderr)
+        print(
+            f"cannot import TF Serving's API ({e}): run this with the Python that has "
+            "tensorflow-serving-api installed, e.g. PYTHON=.venv/bin/python",
+            file=sys.stderr,
+        )
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.out.suffix == ".json":

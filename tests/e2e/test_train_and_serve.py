@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def served_bbc(bbc_run):
     export_dir = bbc_run.version_dir.parent
-    with running_server(["--model_name=bbc_news", f"--model_base_path={export_dir.resolve()}",
-                         "--enable_batching"]) as server:
+    with running_server(
+        ["--model_name=bbc_news", f"--model_base_path={export_dir.resolve()}", "--enable_batching"]
+    ) as server:
         yield server
 
 
@@ -40,7 +41,9 @@ def test_rest_and_grpc_answer_like_the_in_process_model(served_bbc, test_article
     with urllib.request.urlopen(request, timeout=60) as response:
         predictions = json.loads(response.read())["predictions"]
     assert [p["label"] for p in predictions] == [label.decode() for label in expected["label"]]
-    np.testing.assert_allclose([p["probabilities"] for p in predictions], expected["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in predictions], expected["probabilities"], atol=1e-5
+    )
 
     grpc_request = predict_pb2.PredictRequest()
     grpc_request.model_spec.name = "bbc_news"
@@ -54,8 +57,9 @@ def test_rest_and_grpc_answer_like_the_in_process_model(served_bbc, test_article
 
 
 def test_classify_api_returns_label_names(served_bbc):
-    body = json.dumps({"signature_name": "classify",
-                       "examples": [{"text": "The striker scored twice in the cup final"}]}).encode()
+    body = json.dumps(
+        {"signature_name": "classify", "examples": [{"text": "The striker scored twice in the cup final"}]}
+    ).encode()
     request = urllib.request.Request(f"{served_bbc.rest_url}/v1/models/bbc_news:classify", data=body)
     with urllib.request.urlopen(request, timeout=60) as response:
         results = json.loads(response.read())["results"]

@@ -53,15 +53,19 @@ def test_export_is_self_contained(tiny_run, tmp_path):
 def test_classify_signature_reads_tf_examples(tiny_run):
     loaded = tf.saved_model.load(str(tiny_run.version_dir))
     examples = [
-        tf.train.Example(features=tf.train.Features(feature={
-            "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))
-        })).SerializeToString()
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={"text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))}
+            )
+        ).SerializeToString()
         for text in ("oven recipe flour", "rocket launch orbit")
     ]
     out = loaded.signatures["classify"](inputs=tf.constant(examples))
     assert out["classes"].shape == (2, 4) and out["scores"].shape == (2, 4)
     assert [c.decode() for c in out["classes"].numpy()[0]] == ["cooking", "football", "markets", "space"]
-    predicted = loaded.signatures["serving_default"](text=tf.constant(["oven recipe flour", "rocket launch orbit"]))
+    predicted = loaded.signatures["serving_default"](
+        text=tf.constant(["oven recipe flour", "rocket launch orbit"])
+    )
     np.testing.assert_allclose(out["scores"].numpy(), predicted["probabilities"].numpy(), atol=1e-6)
 
 
@@ -81,8 +85,14 @@ def test_warmup_requests_and_model_card(tiny_run):
 
 def test_run_directory_artifacts(tiny_run):
     run = tiny_run.run_dir
-    for name in ("config.toml", "data_report.json", "splits.json", "metrics.json", "history.png",
-                 "confusion_matrix.png"):
+    for name in (
+        "config.toml",
+        "data_report.json",
+        "splits.json",
+        "metrics.json",
+        "history.png",
+        "confusion_matrix.png",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("validation", "test"):
@@ -96,8 +106,12 @@ def test_saved_model_cli_shows_both_signatures(tiny_run):
     cli = shutil.which("saved_model_cli", path=str(__import__("pathlib").Path(sys.executable).parent))
     if cli is None:
         pytest.skip("saved_model_cli is not installed next to this Python")
-    shown = subprocess.run([cli, "show", "--dir", str(tiny_run.version_dir), "--all"],
-                           capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [cli, "show", "--dir", str(tiny_run.version_dir), "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "signature_def['serving_default']" in shown.stdout and "signature_def['classify']" in shown.stdout
     assert "tensorflow/serving/classify" in shown.stdout

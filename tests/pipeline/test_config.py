@@ -7,8 +7,16 @@ import pytest
 from pipeline.config import PipelineConfig, load_config, valid_keys
 
 PUBLIC_KEYS = [
-    "data.format", "data.text_column", "data.label_column", "split.seed", "preprocessing.max_tokens",
-    "preprocessing.sequence_length", "preprocessing.stopwords", "model.arch", "train.epochs", "train.batch_size",
+    "data.format",
+    "data.text_column",
+    "data.label_column",
+    "split.seed",
+    "preprocessing.max_tokens",
+    "preprocessing.sequence_length",
+    "preprocessing.stopwords",
+    "model.arch",
+    "train.epochs",
+    "train.batch_size",
 ]
 
 

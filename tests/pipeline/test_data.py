@@ -17,21 +17,26 @@ def _folder(root, docs):
 
 
 def test_folder_reports_fallback_empty_and_duplicates(tmp_path):
-    root = _folder(tmp_path / "d", {
-        "README.TXT": "not a document",
-        "sport/1.txt": "Goal in the last minute",
-        "sport/2.txt": "  GOAL in the   last minute\n",  # duplicate after whitespace/case folding
-        "sport/3.txt": "Caf\xe9 league final".encode("latin-1"),  # not UTF-8
-        "tech/1.txt": "",
-        "tech/2.txt": "New phone released",
-    })
+    root = _folder(
+        tmp_path / "d",
+        {
+            "README.TXT": "not a document",
+            "sport/1.txt": "Goal in the last minute",
+            "sport/2.txt": "  GOAL in the   last minute\n",  # duplicate after whitespace/case folding
+            "sport/3.txt": "Caf\xe9 league final".encode("latin-1"),  # not UTF-8
+            "tech/1.txt": "",
+            "tech/2.txt": "New phone released",
+        },
+    )
     data = ingest(root, DataConfig())
     report = data.report
     assert data.ids == ["sport/1.txt", "sport/3.txt", "tech/2.txt"]
     assert "Café league final" in data.texts
     assert report["records_read"] == 5 and report["records_kept"] == 3
     assert report["dropped_by_reason"] == {"empty_text": 1, "missing_label": 0, "duplicate": 1}
-    assert report["duplicates"] == [{"kept": "sport/1.txt", "dropped": "sport/2.txt", "where": f"{root}/sport/2.txt:1"}]
+    assert report["duplicates"] == [
+        {"kept": "sport/1.txt", "dropped": "sport/2.txt", "where": f"{root}/sport/2.txt:1"}
+    ]
     assert report["decoded_with_fallback"][0]["id"] == "sport/3.txt"
     assert report["empty_text"][0]["id"] == "tech/1.txt"
     assert report["ignored_files"] == [str(root / "README.TXT")]
@@ -46,7 +51,9 @@ def test_one_text_under_two_labels_names_both_places(tmp_path):
 
 def test_csv_multiline_quoted_fields_and_several_text_columns(tmp_path):
     path = tmp_path / "news.csv"
-    path.write_text('id,title,body,category\n7,"Rates","rise\nagain",business\n8,Match,"won, 2-1",sport\n9,x,,\n')
+    path.write_text(
+        'id,title,body,category\n7,"Rates","rise\nagain",business\n8,Match,"won, 2-1",sport\n9,x,,\n'
+    )
     data = ingest(path, DataConfig(text_column=("title", "body"), label_column="category", id_column="id"))
     assert data.ids == ["7", "8"] and data.texts == ["Rates rise\nagain", "Match won, 2-1"]
     assert data.report["missing_label"] == [{"id": "9", "where": f"{path}:5"}]
@@ -62,7 +69,9 @@ def test_tsv_by_index_without_header(tmp_path):
 def test_csv_missing_column_names_file_line_and_header(tmp_path):
     path = tmp_path / "news.csv"
     path.write_text("title,category\nx,y\n")
-    with pytest.raises(DataError, match=r"news.csv:1: column 'text' not found; the header has \['title', 'category'\]"):
+    with pytest.raises(
+        DataError, match=r"news.csv:1: column 'text' not found; the header has \['title', 'category'\]"
+    ):
         ingest(path, DataConfig(label_column="category"))
 
 
@@ -75,7 +84,9 @@ def test_csv_short_row_names_line(tmp_path):
 
 def test_jsonl_keys_and_malformed_line(tmp_path):
     good = tmp_path / "good.jsonl"
-    good.write_text('{"headline": "Rates rise", "topic": "business"}\n\n{"headline": "Goal", "topic": "sport"}\n')
+    good.write_text(
+        '{"headline": "Rates rise", "topic": "business"}\n\n{"headline": "Goal", "topic": "sport"}\n'
+    )
     data = ingest(good, DataConfig(text_column=("headline",), label_column="topic"))
     assert data.labels == ["business", "sport"] and data.ids == ["good.jsonl:1", "good.jsonl:3"]
     bad = tmp_path / "bad.jsonl"
@@ -89,7 +100,7 @@ def test_unreadable_and_unknown_inputs(tmp_path):
         ingest(tmp_path / "missing.csv", DataConfig())
     odd = tmp_path / "data.parquet"
     odd.write_text("x")
-    with pytest.raises(DataError, match="data.format"):
+    with pytest.raises(DataError, match=r"data\.format"):
         ingest(odd, DataConfig())
 
 

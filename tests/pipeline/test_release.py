@@ -71,8 +71,14 @@ def _numeric_dirs(base: Path) -> list[str]:
 
 def _textserve(*args, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=env,
+    )
 
 
 # --- Publishing and lineage -------------------------------------------------------------------
@@ -91,7 +97,9 @@ def test_two_pushes_give_versions_1_and_2_with_lineage(good_run, tmp_path):
         published = sorted(str(p.relative_to(base / version)) for p in (base / version).rglob("*"))
         extra = f"{release.names.ASSETS_EXTRA}/{release.RECORD_FILE}"
         assert published == sorted([*source_files, extra])
-        assert (base / version / "saved_model.pb").read_bytes() == (good_run.version_dir / "saved_model.pb").read_bytes()
+        assert (base / version / "saved_model.pb").read_bytes() == (
+            good_run.version_dir / "saved_model.pb"
+        ).read_bytes()
 
     records = _log_lines(base)
     assert [r["version"] for r in records] == [1, 2]
@@ -121,8 +129,15 @@ def test_gate_refuses_worse_candidate_then_force_pushes_with_reason(good_run, ti
     _push(good_run, base)
     before = (base / release.RELEASE_LOG).read_text()
 
-    refused = _textserve("push", str(tiny_run.run_dir), "--model-base-path", str(base),
-                         "--skip-infra-validation", "--reason", "test")
+    refused = _textserve(
+        "push",
+        str(tiny_run.run_dir),
+        "--model-base-path",
+        str(base),
+        "--skip-infra-validation",
+        "--reason",
+        "test",
+    )
     assert refused.returncode == 1, refused.stderr[-3000:]
     table = refused.stderr
     assert "the gate refused" in table and "gate: FAIL" in table
@@ -133,8 +148,16 @@ def test_gate_refuses_worse_candidate_then_force_pushes_with_reason(good_run, ti
     assert f"{worse:.4f}" in accuracy_row and "1.0000" in accuracy_row
     assert _numeric_dirs(base) == ["1"] and (base / release.RELEASE_LOG).read_text() == before
 
-    forced = _textserve("push", str(tiny_run.run_dir), "--model-base-path", str(base), "--skip-infra-validation",
-                        "--force", "--reason", "ship the BiLSTM for the latency test")
+    forced = _textserve(
+        "push",
+        str(tiny_run.run_dir),
+        "--model-base-path",
+        str(base),
+        "--skip-infra-validation",
+        "--force",
+        "--reason",
+        "ship the BiLSTM for the latency test",
+    )
     assert forced.returncode == 0, forced.stderr[-3000:]
     assert "gate: FAIL" in forced.stdout and "as version 2" in forced.stdout
     record = _log_lines(base)[-1]
@@ -172,8 +195,15 @@ def test_run_without_export_is_refused(good_run, tmp_path):
         release.push(run, tmp_path / "m", _config(good_run), SKIP_INFRA, log=_quiet)
     assert error.value.exit_code == 2 and not (tmp_path / "m").exists()
 
-    cli = _textserve("push", str(run), "--model-base-path", str(tmp_path / "m"), "--skip-infra-validation",
-                     "--reason", "test")
+    cli = _textserve(
+        "push",
+        str(run),
+        "--model-base-path",
+        str(tmp_path / "m"),
+        "--skip-infra-validation",
+        "--reason",
+        "test",
+    )
     assert cli.returncode == 2 and "has no export" in cli.stderr
 
 
@@ -223,10 +253,22 @@ def test_killed_push_leaves_versions_and_log_unchanged_and_rerun_succeeds(good_r
     size = padding.stat().st_size
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "push", str(run), "--model-base-path", str(base),
-         "--skip-infra-validation", "--reason", "kill test"],
-        cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "push",
+            str(run),
+            "--model-base-path",
+            str(base),
+            "--skip-infra-validation",
+            "--reason",
+            "kill test",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     caught = None
     deadline = time.monotonic() + 300
@@ -259,11 +301,25 @@ class _RunView:
 
 def test_concurrent_pushes_get_distinct_complete_versions(good_run, tmp_path):
     base = tmp_path / "models"
-    command = [sys.executable, "-m", "pipeline.cli", "push", str(good_run.run_dir), "--model-base-path",
-               str(base), "--skip-infra-validation", "--reason", "concurrency test"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "push",
+        str(good_run.run_dir),
+        "--model-base-path",
+        str(base),
+        "--skip-infra-validation",
+        "--reason",
+        "concurrency test",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    procs = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
     for proc in procs:
         proc.stdout.close()
@@ -277,7 +333,9 @@ def test_concurrent_pushes_get_distinct_complete_versions(good_run, tmp_path):
     assert versions == [str(v) for v in range(1, len(succeeded) + 1)]
     assert sorted(r["version"] for r in _log_lines(base)) == [int(v) for v in versions]
     for version in versions:  # every version whole: it loads and carries its own record
-        assert json.loads((base / version / "assets.extra" / release.RECORD_FILE).read_text())["version"] == int(version)
+        assert json.loads((base / version / "assets.extra" / release.RECORD_FILE).read_text())[
+            "version"
+        ] == int(version)
         tf.saved_model.load(str(base / version))
     assert not list(base.glob(f"{release.STAGING_PREFIX}*")) and not (base / release.LOCK_FILE).exists()
 
@@ -285,9 +343,12 @@ def test_concurrent_pushes_get_distinct_complete_versions(good_run, tmp_path):
 def test_stale_lock_of_a_dead_push_is_broken(good_run, tmp_path):
     base = tmp_path / "models"
     base.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (base / release.LOCK_FILE).write_text(json.dumps(
-        {"host": socket.gethostname(), "pid": int(dead.stdout), "token": "x", "time": time.time()}))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (base / release.LOCK_FILE).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "token": "x", "time": time.time()})
+    )
     assert _push(good_run, base).version == 1
     assert not (base / release.LOCK_FILE).exists()
 
@@ -322,11 +383,13 @@ def test_object_store_ordering_writes_saved_model_pb_last(good_run):
 def test_stale_lock_on_object_store_removes_the_partial_version(good_run):
     base = f"ram://release-stale-{os.getpid()}/tiny"
     partial = f"{base}/1"
-    directories, files = release.copy_plan(str(good_run.version_dir))
+    _directories, files = release.copy_plan(str(good_run.version_dir))
     for name in files[:-1]:  # everything but saved_model.pb: a push killed mid-upload
         tf.io.gfile.makedirs(os.path.dirname(f"{partial}/{name}"))
         tf.io.gfile.copy(str(good_run.version_dir / name), f"{partial}/{name}")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     holder = {"host": socket.gethostname(), "pid": int(dead.stdout), "token": "t1", "time": time.time()}
     with tf.io.gfile.GFile(f"{base}/{release.LOCK_FILE}", "wb") as handle:
         handle.write(json.dumps(holder))
@@ -350,8 +413,9 @@ def test_rollback_republishes_as_new_version(good_run, tiny_run, tmp_path):
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert _numeric_dirs(base) == ["1", "2", "3"]
     assert (base / "3" / "saved_model.pb").read_bytes() == (base / "1" / "saved_model.pb").read_bytes()
-    assert (base / "3" / "variables" / "variables.index").read_bytes() == \
-        (base / "1" / "variables" / "variables.index").read_bytes()
+    assert (base / "3" / "variables" / "variables.index").read_bytes() == (
+        base / "1" / "variables" / "variables.index"
+    ).read_bytes()
     record = _log_lines(base)[-1]
     assert record["action"] == "rollback" and record["rollback_of"] == 1 and record["version"] == 3
     assert record["reason"] == "v2 misroutes sport" and record["run_dir"] == str(good_run.run_dir.resolve())
@@ -369,8 +433,17 @@ def test_label_writes_version_labels_and_widens_the_policy(good_run, tmp_path):
 
     stable = release.label_version(base, config_file, "stable", 1)
     assert stable.versions_served == (1, 2) and "specific" in stable.messages[0]
-    cli = _textserve("models", "label", str(base), "--model-config", str(config_file), "--label", "canary",
-                     "--version", "2")
+    cli = _textserve(
+        "models",
+        "label",
+        str(base),
+        "--model-config",
+        str(config_file),
+        "--label",
+        "canary",
+        "--version",
+        "2",
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
 
     text = config_file.read_text()
@@ -413,10 +486,16 @@ def test_infra_validation_and_hot_swap_on_our_server(good_run, tiny_corpus, tmp_
     assert first.version == 1 and first.record["infra_validation"]["documents"] == 8
     assert first.record["infra_validation"]["warmup_requests"] == 5
 
-    second_run = train(load_config(None, [*TINY_OVERRIDES, "model.arch=tfidf", "train.seed=7"]), tiny_corpus,
-                       tmp_path / "second", verbose=0, log=_quiet)
-    with running_server(["--model_name=tiny", f"--model_base_path={base}",
-                         "--file_system_poll_wait_seconds=1"]) as server:
+    second_run = train(
+        load_config(None, [*TINY_OVERRIDES, "model.arch=tfidf", "train.seed=7"]),
+        tiny_corpus,
+        tmp_path / "second",
+        verbose=0,
+        log=_quiet,
+    )
+    with running_server(
+        ["--model_name=tiny", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"]
+    ) as server:
         failures, versions_seen, stop = [], [], threading.Event()
 
         def hammer():
@@ -424,7 +503,9 @@ def test_infra_validation_and_hot_swap_on_our_server(good_run, tiny_corpus, tmp_
                 stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
                 request = predict_pb2.PredictRequest()
                 request.model_spec.name = "tiny"
-                request.inputs["text"].CopyFrom(tf.make_tensor_proto(["rocket orbit launch"], dtype=tf.string))
+                request.inputs["text"].CopyFrom(
+                    tf.make_tensor_proto(["rocket orbit launch"], dtype=tf.string)
+                )
                 while not stop.is_set():
                     try:
                         versions_seen.append(stub.Predict(request, timeout=30).model_spec.version.value)

@@ -62,19 +62,27 @@ def _write_input(fmt: str, path: Path) -> Path:
         data = "".join(f"{text}\n" for _, text, _ in DOCS).encode()
     elif fmt in ("csv", "tsv"):
         delimiter = "," if fmt == "csv" else "\t"
-        lines = [delimiter.join(["uid", "body", "topic"])] + [delimiter.join(d[:1] + (d[1],) + d[2:]) for d in DOCS]
+        lines = [delimiter.join(["uid", "body", "topic"])] + [
+            delimiter.join((*d[:1], d[1], *d[2:])) for d in DOCS
+        ]
         data = ("\n".join(lines) + "\n").encode()
     elif fmt == "jsonl":
-        data = b"".join(json.dumps({"uid": i, "body": t, "topic": lab}).encode() + b"\n" for i, t, lab in DOCS)
+        data = b"".join(
+            json.dumps({"uid": i, "body": t, "topic": lab}).encode() + b"\n" for i, t, lab in DOCS
+        )
     else:
         import tensorflow as tf
 
         tmp = path.with_suffix(".raw")
         with tf.io.TFRecordWriter(str(tmp)) as writer:
             for doc_id, text, label in DOCS:
-                feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
-                           for key, value in (("uid", doc_id), ("body", text), ("topic", label))}
-                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                feature = {
+                    key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+                    for key, value in (("uid", doc_id), ("body", text), ("topic", label))
+                }
+                writer.write(
+                    tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+                )
         data = tmp.read_bytes()
         tmp.unlink()
     if path.suffix == ".gz":
@@ -83,12 +91,26 @@ def _write_input(fmt: str, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["docs.txt", "docs.csv", "docs.tsv", "docs.jsonl", "docs.tfrecord",
-                                  "docs.jsonl.gz", "docs.csv.gz", "docs.tfrecord.gz", "docs.txt.gz"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "docs.txt",
+        "docs.csv",
+        "docs.tsv",
+        "docs.jsonl",
+        "docs.tfrecord",
+        "docs.jsonl.gz",
+        "docs.csv.gz",
+        "docs.tfrecord.gz",
+        "docs.txt.gz",
+    ],
+)
 def test_each_input_format_scores_every_document_like_the_model(name, tmp_path, tiny_run, model):
     fmt = {"txt": "text"}.get(name.split(".")[1], name.split(".")[1])
     source = _write_input(fmt, tmp_path / name)
-    columns = [] if fmt == "text" else ["--text-column", "body", "--id-column", "uid", "--label-column", "topic"]
+    columns = (
+        [] if fmt == "text" else ["--text-column", "body", "--id-column", "uid", "--label-column", "topic"]
+    )
     out = tmp_path / "out.jsonl"
     assert _score(str(source), "--model", str(tiny_run.version_dir), "--output", str(out), *columns) == 0
 
@@ -114,7 +136,9 @@ def test_globs_directories_and_class_folders(tmp_path, tiny_run, tiny_corpus, mo
     assert len(_read_jsonl(out)) == 18
     # A directory of files stands for its files.
     assert _score(str(tmp_path / "in"), "--output", str(tmp_path / "dir.jsonl"), *args) == 0
-    assert sorted(r["id"] for r in _read_jsonl(tmp_path / "dir.jsonl")) == sorted(r["id"] for r in _read_jsonl(out))
+    assert sorted(r["id"] for r in _read_jsonl(tmp_path / "dir.jsonl")) == sorted(
+        r["id"] for r in _read_jsonl(out)
+    )
 
     # The class-folder layout: labels come from the folders, README.TXT is not a document.
     out = tmp_path / "folder.jsonl"
@@ -129,8 +153,21 @@ def test_globs_directories_and_class_folders(tmp_path, tiny_run, tiny_corpus, mo
 
 def test_bbc_folder_accuracy_and_undecodable_file(bbc_path, bbc_run, tmp_path, capsys):
     out = tmp_path / "bbc.csv"
-    assert _score(str(bbc_path), "--model", str(bbc_run.version_dir), "--output", str(out), "--format", "csv",
-                  "--probabilities", "--num-shards", "2") == 0
+    assert (
+        _score(
+            str(bbc_path),
+            "--model",
+            str(bbc_run.version_dir),
+            "--output",
+            str(out),
+            "--format",
+            "csv",
+            "--probabilities",
+            "--num-shards",
+            "2",
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "bbc.summary.json").read_text())
     assert summary["read"] == 2225 == summary["scored"] + summary["errored"]
     # The archive has one file that is not UTF-8; without --fallback-encoding it is reported, not guessed.
@@ -141,11 +178,30 @@ def test_bbc_folder_accuracy_and_undecodable_file(bbc_path, bbc_run, tmp_path, c
     assert "accuracy" in capsys.readouterr().out
     with open(tmp_path / "bbc-00000-of-00002.csv", newline="") as handle:
         header = next(csv.reader(handle))
-    assert header == ["id", "label", "score", "p_business", "p_entertainment", "p_politics", "p_sport", "p_tech"]
+    assert header == [
+        "id",
+        "label",
+        "score",
+        "p_business",
+        "p_entertainment",
+        "p_politics",
+        "p_sport",
+        "p_tech",
+    ]
 
     out = tmp_path / "latin.jsonl"
-    assert _score(str(bbc_path), "--model", str(bbc_run.version_dir), "--output", str(out),
-                  "--fallback-encoding", "latin-1") == 0
+    assert (
+        _score(
+            str(bbc_path),
+            "--model",
+            str(bbc_run.version_dir),
+            "--output",
+            str(out),
+            "--fallback-encoding",
+            "latin-1",
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "latin.summary.json").read_text())["errored"] == 0
 
 
@@ -153,9 +209,13 @@ def _broken_jsonl(path: Path, lines: int = 20_000) -> dict[int, str]:
     """Writes `lines` JSONL lines, 1% of them broken in five ways; returns {line: expected reason}."""
     rng = np.random.default_rng(3)
     broken = {int(i) + 1 for i in rng.choice(lines, size=lines // 100, replace=False)}
-    kinds = [(b'{"text": "goal striker", ', "malformed JSON"), (b'{"body": "no text key"}', "missing key"),
-             (b'{"text": "   "}', "empty text"), (b'{"text": "caf\xe9 au lait"}', "not valid UTF-8"),
-             (b'["a", "list"]', "not a JSON object")]
+    kinds = [
+        (b'{"text": "goal striker", ', "malformed JSON"),
+        (b'{"body": "no text key"}', "missing key"),
+        (b'{"text": "   "}', "empty text"),
+        (b'{"text": "caf\xe9 au lait"}', "not valid UTF-8"),
+        (b'["a", "list"]', "not a JSON object"),
+    ]
     reasons = {}
     with open(path, "wb") as handle:
         for n in range(1, lines + 1):
@@ -164,7 +224,10 @@ def _broken_jsonl(path: Path, lines: int = 20_000) -> dict[int, str]:
                 reasons[n] = reason
                 handle.write(raw + b"\n")
             else:
-                handle.write(json.dumps({"text": f"{DOCS[n % 6][1]} number {n}", "label": DOCS[n % 6][2]}).encode() + b"\n")
+                handle.write(
+                    json.dumps({"text": f"{DOCS[n % 6][1]} number {n}", "label": DOCS[n % 6][2]}).encode()
+                    + b"\n"
+                )
     return reasons
 
 
@@ -172,8 +235,22 @@ def test_20000_lines_with_1_percent_broken(tmp_path, tiny_run):
     source = tmp_path / "feed.jsonl"
     reasons = _broken_jsonl(source)
     out = tmp_path / "scored.jsonl"
-    assert _score(str(source), "--model", str(tiny_run.version_dir), "--output", str(out), "--batch-size", "512",
-                  "--label-column", "label", "--num-shards", "3") == 0
+    assert (
+        _score(
+            str(source),
+            "--model",
+            str(tiny_run.version_dir),
+            "--output",
+            str(out),
+            "--batch-size",
+            "512",
+            "--label-column",
+            "label",
+            "--num-shards",
+            "3",
+        )
+        == 0
+    )
     rows = [r for k in range(3) for r in _read_jsonl(tmp_path / f"scored-{k:05d}-of-00003.jsonl")]
     errors = _read_jsonl(tmp_path / "scored.errors.jsonl")
     assert len(rows) + len(errors) == 20_000
@@ -193,19 +270,36 @@ def test_output_formats_agree(tmp_path, tiny_run):
     import tensorflow as tf
 
     source = _write_input("jsonl", tmp_path / "docs.jsonl")
-    base = ["--model", str(tiny_run.version_dir), "--text-column", "body", "--id-column", "uid", "--probabilities"]
+    base = [
+        "--model",
+        str(tiny_run.version_dir),
+        "--text-column",
+        "body",
+        "--id-column",
+        "uid",
+        "--probabilities",
+    ]
     for fmt in ("jsonl", "csv", "tfrecord"):
-        assert _score(str(source), "--output", str(tmp_path / f"o.{fmt}"), "--format", fmt, "--overwrite", *base) == 0
+        assert (
+            _score(str(source), "--output", str(tmp_path / f"o.{fmt}"), "--format", fmt, "--overwrite", *base)
+            == 0
+        )
     reference = _read_jsonl(tmp_path / "o.jsonl")
     assert set(reference[0]) == {"id", "label", "score", "p_cooking", "p_football", "p_markets", "p_space"}
     with open(tmp_path / "o.csv", newline="") as handle:
         from_csv = list(csv.DictReader(handle))
-    examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(tmp_path / "o.tfrecord"))]
+    examples = [
+        tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(tmp_path / "o.tfrecord"))
+    ]
     for ref, row, example in zip(reference, from_csv, examples, strict=True):
         features = example.features.feature
         assert ref["id"] == row["id"] == features["id"].bytes_list.value[0].decode()
         assert ref["label"] == row["label"] == features["label"].bytes_list.value[0].decode()
-        assert ref["score"] == pytest.approx(float(row["score"])) == pytest.approx(features["score"].float_list.value[0])
+        assert (
+            ref["score"]
+            == pytest.approx(float(row["score"]))
+            == pytest.approx(features["score"].float_list.value[0])
+        )
         assert sum(ref[k] for k in ref if k.startswith("p_")) == pytest.approx(1.0, abs=1e-5)
 
 
@@ -222,8 +316,16 @@ def test_shards_concatenate_to_the_single_output(tmp_path, tiny_run):
 def test_kill_halfway_then_resume_gives_the_same_output(tmp_path, tiny_run):
     source = tmp_path / "feed.txt"
     source.write_text("".join(f"{DOCS[n % 6][1]} {n}\n" for n in range(4000)), "utf-8")
-    common = [str(source), "--model", str(tiny_run.version_dir), "--num-shards", "8", "--batch-size", "2",
-              "--no-progress"]
+    common = [
+        str(source),
+        "--model",
+        str(tiny_run.version_dir),
+        "--num-shards",
+        "8",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "pipeline.cli", "score", *common, "--output", str(tmp_path / "k.jsonl")]
     proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -288,7 +390,9 @@ def test_beam_runner_gives_the_tfdata_predictions(tmp_path, tiny_run):
     reasons = _broken_jsonl(source, lines=600)
     base = [str(source), "--model", str(tiny_run.version_dir), "--probabilities", "--batch-size", "64"]
     assert _score(*base, "--output", str(tmp_path / "tf.jsonl")) == 0
-    assert _score(*base, "--output", str(tmp_path / "beam.jsonl"), "--num-shards", "2", "--runner", "beam") == 0
+    assert (
+        _score(*base, "--output", str(tmp_path / "beam.jsonl"), "--num-shards", "2", "--runner", "beam") == 0
+    )
     tf_rows = {r["id"]: r for r in _read_jsonl(tmp_path / "tf.jsonl")}
     beam_rows = {r["id"]: r for k in range(2) for r in _read_jsonl(tmp_path / f"beam-{k:05d}-of-00002.jsonl")}
     assert beam_rows.keys() == tf_rows.keys() and len(tf_rows) == 600 - len(reasons)
@@ -310,10 +414,16 @@ def served_tiny(tiny_run):
     from tests.serving.conftest import running_server
 
     try:
-        context = running_server(["--model_name=tiny", f"--model_base_path={tiny_run.version_dir.parent}"], timeout_s=90)
+        context = running_server(
+            ["--model_name=tiny", f"--model_base_path={tiny_run.version_dir.parent}"], timeout_s=90
+        )
         server = context.__enter__()
     except RuntimeError as error:
-        pytest.skip(f"`python -m serving` did not start on the tiny export (being finished in parallel): {error}"[:800])
+        pytest.skip(
+            f"`python -m serving` did not start on the tiny export (being finished in parallel): {error}"[
+                :800
+            ]
+        )
     yield server
     context.__exit__(None, None, None)
 
@@ -326,8 +436,18 @@ def test_scoring_through_a_server_matches_in_process(scheme, served_tiny, tmp_pa
     local = ["--model", str(tiny_run.version_dir)]
     remote = ["--server", url, "--model-name", "tiny", "--concurrency", "3"]
     for name, where in (("local", local), ("remote", remote)):
-        assert _score(str(source), *where, "--output", str(tmp_path / f"{name}.jsonl"), "--probabilities",
-                      "--batch-size", "32") == 0
+        assert (
+            _score(
+                str(source),
+                *where,
+                "--output",
+                str(tmp_path / f"{name}.jsonl"),
+                "--probabilities",
+                "--batch-size",
+                "32",
+            )
+            == 0
+        )
     local_rows, remote_rows = _read_jsonl(tmp_path / "local.jsonl"), _read_jsonl(tmp_path / "remote.jsonl")
     assert [r["id"] for r in remote_rows] == [r["id"] for r in local_rows]  # same order
     assert len(remote_rows) == 500 - len(reasons)
@@ -341,6 +461,9 @@ def test_scoring_through_a_server_matches_in_process(scheme, served_tiny, tmp_pa
 def test_unknown_server_model_fails_at_the_start(served_tiny, tmp_path, capsys):
     source = _write_input("text", tmp_path / "docs.txt")
     url = f"grpc://{served_tiny.grpc_target}"
-    assert _score(str(source), "--server", url, "--model-name", "nope", "--output", str(tmp_path / "o.jsonl")) == 2
+    assert (
+        _score(str(source), "--server", url, "--model-name", "nope", "--output", str(tmp_path / "o.jsonl"))
+        == 2
+    )
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()

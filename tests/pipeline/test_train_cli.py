@@ -6,14 +6,20 @@ import subprocess
 import sys
 import zipfile
 
-
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES
 
 
 def _textserve(*args, input_text=None, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], input=input_text, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        env=env,
+    )
 
 
 def test_help_for_every_command():
@@ -29,7 +35,9 @@ def test_train_predict_evaluate_cli(tiny_corpus, tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "test accuracy" in trained.stdout and f"export: {run}/export/1" in trained.stdout
 
-    predicted = _textserve("predict", "--model", str(run / "export"), "rocket orbit launch", "oven flour bake")
+    predicted = _textserve(
+        "predict", "--model", str(run / "export"), "rocket orbit launch", "oven flour bake"
+    )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     rows = [line.split("\t") for line in predicted.stdout.strip().splitlines()]
     assert len(rows) == 2 and all(label in {"cooking", "football", "markets", "space"} for label, _ in rows)
@@ -39,7 +47,9 @@ def test_train_predict_evaluate_cli(tiny_corpus, tmp_path):
     assert len(from_stdin.stdout.strip().splitlines()) == 2
 
     out = tmp_path / "metrics.json"
-    evaluated = _textserve("evaluate", "--model", str(run / "export"), "--data", str(tiny_corpus), "--output", str(out))
+    evaluated = _textserve(
+        "evaluate", "--model", str(run / "export"), "--data", str(tiny_corpus), "--output", str(out)
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "accuracy" in evaluated.stdout and json.loads(out.read_text())["count"] == 96
 
@@ -66,8 +76,17 @@ def test_data_fetch_from_local_archive_and_offline(bbc_path, tmp_path):
     assert fetched.returncode == 0, fetched.stderr[-2000:]
     assert fetched.stdout.strip() == str(cache / "bbc")
     assert len(list((cache / "bbc" / "sport").iterdir())) == 511
-    offline = _textserve("data", "fetch", "bbc", "--cache-dir", str(tmp_path / "c2"),
-                         "--url", "http://127.0.0.1:9/bbc-fulltext.zip", "--timeout", "5")
+    offline = _textserve(
+        "data",
+        "fetch",
+        "bbc",
+        "--cache-dir",
+        str(tmp_path / "c2"),
+        "--url",
+        "http://127.0.0.1:9/bbc-fulltext.zip",
+        "--timeout",
+        "5",
+    )
     assert offline.returncode == 1 and "--data" in offline.stderr
 
 
@@ -80,8 +99,14 @@ def test_bbc_tfidf_reaches_target_accuracy(bbc_run):
 def test_demo_serves_the_export_and_answers_over_rest_and_grpc(tiny_run):
     from tests.serving.conftest import free_port
 
-    shown = _textserve("demo", "--out", str(tiny_run.run_dir), f"--port={free_port()}",
-                       f"--rest_api_port={free_port()}", "--exit")
+    shown = _textserve(
+        "demo",
+        "--out",
+        str(tiny_run.run_dir),
+        f"--port={free_port()}",
+        f"--rest_api_port={free_port()}",
+        "--exit",
+    )
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "reusing the export" in shown.stdout
     labels = {"cooking", "football", "markets", "space"}

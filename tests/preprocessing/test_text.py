@@ -25,7 +25,9 @@ def test_accented_words_survive_and_fold_to_one_token():
 
 def test_markup_punctuation_and_stopwords_are_removed():
     standardizer = TextStandardizer(["the", "don't", "is"])
-    out = _strings(standardizer(tf.constant(["The <b>market</b>, isn't it? Don't panic!", "ÜBER straße 2024"])))
+    out = _strings(
+        standardizer(tf.constant(["The <b>market</b>, isn't it? Don't panic!", "ÜBER straße 2024"]))
+    )
     assert out == ["market isnt it panic", "über strasse 2024"]
 
 
@@ -40,7 +42,7 @@ def test_stopword_presets_and_files(tmp_path):
     custom = tmp_path / "words.txt"
     custom.write_text("# comment\nfoo\n\nbar\n", "utf-8")
     assert load_stopwords(str(custom)) == ["foo", "bar"]
-    with pytest.raises(ValueError, match="preprocessing.stopwords"):
+    with pytest.raises(ValueError, match=r"preprocessing\.stopwords"):
         load_stopwords("klingon")
 
 
@@ -66,7 +68,9 @@ def test_vectorizer_reserves_padding_and_oov():
 
 
 @pytest.mark.parametrize(
-    "layer", [TextStandardizer(["the", "a"]), SequenceFitter(7, "pre", "post")], ids=lambda l: type(l).__name__
+    "layer",
+    [TextStandardizer(["the", "a"]), SequenceFitter(7, "pre", "post")],
+    ids=lambda layer: type(layer).__name__,
 )
 def test_layer_config_round_trip(layer):
     config = layer.get_config()

@@ -64,9 +64,7 @@ def tfs_testdata() -> Path:
     return found
 
 
-def copy_model(
-    testdata: Path, model: str, dest: Path, versions: Sequence[str] | None = None
-) -> Path:
+def copy_model(testdata: Path, model: str, dest: Path, versions: Sequence[str] | None = None) -> Path:
     """Copies a TF Serving test model (optionally only some version dirs) to `dest`.
 
     Args:
@@ -246,10 +244,8 @@ def running_server(
     try:
         yield server
     finally:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             server.terminate()
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @dataclass

@@ -31,9 +31,7 @@ MAX_BATCH = 8
 
 @pytest.fixture(scope="module")
 def hp2_path(tfs_testdata, tmp_path_factory):
-    return copy_model(
-        tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path_factory.mktemp("m") / "hp2"
-    )
+    return copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path_factory.mktemp("m") / "hp2")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +159,9 @@ def _options(**overrides) -> BatchingOptions:
 def test_defaults_match_tf_batch_scheduler():
     options = BatchingOptions.from_proto(config_protos.BatchingParameters())
     assert (options.max_batch_size, options.batch_timeout_micros, options.max_enqueued_batches) == (
-        1000, 0, 10,
+        1000,
+        0,
+        10,
     )
     assert options.thread_pool_name == "model_server_batch_threads"
 
@@ -175,7 +175,9 @@ def test_tasks_share_one_batch_and_padding_is_dropped(servable):
     metrics = Metrics()
     scheduler = BatchScheduler(
         _options(
-            max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1,
+            max_batch_size=8,
+            batch_timeout_micros=200_000,
+            num_batch_threads=1,
             allowed_batch_sizes=[4, 8],
         ),
         metrics,
@@ -201,8 +203,9 @@ def test_tasks_share_one_batch_and_padding_is_dropped(servable):
 
 def test_queue_full_is_unavailable(servable):
     scheduler = BatchScheduler(
-        _options(max_batch_size=2, batch_timeout_micros=1_000_000, max_enqueued_batches=1,
-                 num_batch_threads=1)
+        _options(
+            max_batch_size=2, batch_timeout_micros=1_000_000, max_enqueued_batches=1, num_batch_threads=1
+        )
     )
     try:
         first = threading.Thread(target=_run, args=(scheduler, servable, [1.0]))
@@ -211,9 +214,7 @@ def test_queue_full_is_unavailable(servable):
         with pytest.raises(ServingError) as info:
             _run(scheduler, servable, [1.0, 2.0])  # needs a second batch
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        assert info.value.message == (
-            "The batch scheduling queue to which this task was submitted is full"
-        )
+        assert info.value.message == ("The batch scheduling queue to which this task was submitted is full")
         first.join(30)
     finally:
         scheduler.stop()
@@ -222,8 +223,12 @@ def test_queue_full_is_unavailable(servable):
 def test_large_batch_splitting(servable):
     metrics = Metrics()
     scheduler = BatchScheduler(
-        _options(max_batch_size=10, enable_large_batch_splitting=True, max_execution_batch_size=3,
-                 num_batch_threads=2),
+        _options(
+            max_batch_size=10,
+            enable_large_batch_splitting=True,
+            max_execution_batch_size=3,
+            num_batch_threads=2,
+        ),
         metrics,
     )
     try:
@@ -241,9 +246,7 @@ def test_mismatched_zeroth_dimensions(servable):
         with pytest.raises(ServingError) as info:
             scheduler.run(servable, feeds, ["y:0"])
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert info.value.message == (
-            "Batching Run() input tensors must have equal 0th-dimension size"
-        )
+        assert info.value.message == ("Batching Run() input tensors must have equal 0th-dimension size")
     finally:
         scheduler.stop()
 
@@ -264,9 +267,7 @@ def test_deadline_while_queued(servable):
 
 def test_different_dtypes_do_not_share_a_batch(servable):
     # A string request must fail alone, not take float callers' rows down with it.
-    scheduler = BatchScheduler(
-        _options(max_batch_size=8, batch_timeout_micros=100_000, num_batch_threads=1)
-    )
+    scheduler = BatchScheduler(_options(max_batch_size=8, batch_timeout_micros=100_000, num_batch_threads=1))
     try:
         outcome = {}
 

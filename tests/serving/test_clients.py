@@ -69,7 +69,9 @@ def _target(server, transport: str) -> str:
 
 @pytest.fixture(params=TRANSPORTS)
 def client(request, server):
-    with TextClassifierClient(_target(server, request.param), MODEL, transport=request.param, timeout=30) as c:
+    with TextClassifierClient(
+        _target(server, request.param), MODEL, transport=request.param, timeout=30
+    ) as c:
         yield c
 
 
@@ -133,8 +135,9 @@ def test_status_reports_the_available_version(client, version_dir):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_pinned_version_answers_like_the_latest(server, transport, version_dir, in_process):
-    with TextClassifierClient(_target(server, transport), MODEL, transport=transport,
-                              version=int(version_dir.name)) as pinned:
+    with TextClassifierClient(
+        _target(server, transport), MODEL, transport=transport, version=int(version_dir.name)
+    ) as pinned:
         assert [p.label for p in pinned.predict(TEXTS)] == in_process["labels"]
         assert [s.version for s in pinned.status()] == [int(version_dir.name)]
 
@@ -161,9 +164,11 @@ def test_unknown_model_raises_with_the_servers_message(server, transport, caplog
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_unknown_version_raises_not_found(server, transport):
-    with TextClassifierClient(_target(server, transport), MODEL, transport=transport, version=424242) as c:
-        with pytest.raises(ClientError) as error:
-            c.predict(["a text"])
+    with (
+        TextClassifierClient(_target(server, transport), MODEL, transport=transport, version=424242) as c,
+        pytest.raises(ClientError) as error,
+    ):
+        c.predict(["a text"])
     assert error.value.code == "NOT_FOUND"
     assert "424242" in error.value.message
 
@@ -175,10 +180,13 @@ def test_gives_up_after_retries_when_nothing_listens(transport, caplog):
     target = f"127.0.0.1:{port}" if transport == "grpc" else f"http://127.0.0.1:{port}"
     retries, backoff = 3, 0.05
     started = time.monotonic()
-    with TextClassifierClient(target, MODEL, transport=transport, retries=retries, backoff=backoff,
-                              timeout=5) as c:
-        with pytest.raises(ClientError) as error:
-            c.predict(["a text"])
+    with (
+        TextClassifierClient(
+            target, MODEL, transport=transport, retries=retries, backoff=backoff, timeout=5
+        ) as c,
+        pytest.raises(ClientError) as error,
+    ):
+        c.predict(["a text"])
     elapsed = time.monotonic() - started
 
     assert error.value.code == "UNAVAILABLE"
@@ -218,18 +226,29 @@ def test_descriptor_set_is_complete_and_maps_become_map_fields(tmp_path):
     for file_proto in files:  # fails on a missing import or a file before its imports
         pool.Add(file_proto)
     service = pool.FindServiceByName("tensorflow.serving.PredictionService")
-    assert {m.name for m in service.methods} == {"Classify", "Regress", "Predict", "MultiInference", "GetModelMetadata"}
+    assert {m.name for m in service.methods} == {
+        "Classify",
+        "Regress",
+        "Predict",
+        "MultiInference",
+        "GetModelMetadata",
+    }
     assert pool.FindServiceByName("tensorflow.serving.ModelService").methods_by_name["GetModelStatus"]
 
     namespace = tfs_descriptors.protobufjs_json(data)
     serving = namespace["nested"]["tensorflow"]["nested"]["serving"]["nested"]
     assert serving["PredictRequest"]["fields"]["inputs"] == {
-        "keyType": "string", "type": ".tensorflow.TensorProto", "id": 2,
+        "keyType": "string",
+        "type": ".tensorflow.TensorProto",
+        "id": 2,
     }
     assert "InputsEntry" not in serving["PredictRequest"].get("nested", {})
     assert serving["ModelSpec"]["oneofs"] == {"version_choice": {"oneof": ["version", "version_label"]}}
     go_flags = tfs_descriptors.go_mapping_options(data, "example.com/tfs")
-    assert ("--go_opt=Mtensorflow_serving/apis/predict.proto=example.com/tfs/tensorflow_serving;tensorflow_serving" in go_flags)
+    assert (
+        "--go_opt=Mtensorflow_serving/apis/predict.proto=example.com/tfs/tensorflow_serving;tensorflow_serving"
+        in go_flags
+    )
     assert not any("google/protobuf/" in flag for flag in go_flags)
 
 
@@ -240,8 +259,9 @@ def _curl(server, *args: str, model: str = MODEL) -> subprocess.CompletedProcess
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed")
     env = dict(os.environ, TFS_REST_URL=server.rest_url, MODEL_NAME=model)
-    return subprocess.run(["bash", str(CLIENTS_DIR / "curl.sh"), *args], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(CLIENTS_DIR / "curl.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_curl_predict_and_classify_give_the_python_clients_labels(server, in_process):
@@ -263,7 +283,9 @@ def test_curl_status_and_metadata(server, version_dir):
 
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["model_version_status"][0] == {
-        "version": version_dir.name, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""},
+        "version": version_dir.name,
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
     }
     assert metadata.returncode == 0, metadata.stderr
     doc = json.loads(metadata.stdout)
@@ -289,29 +311,42 @@ def node_protos(tmp_path_factory) -> Path:
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.skip("the Node.js example's packages are not installed: run `npm ci` in serving/clients/node")
     out = tmp_path_factory.mktemp("node") / "tfs_protos.json"
-    written = subprocess.run([sys.executable, str(CLIENTS_DIR / "tfs_descriptors.py"), "--out", str(out)],
-                             capture_output=True, text=True, timeout=120)
+    written = subprocess.run(
+        [sys.executable, str(CLIENTS_DIR / "tfs_descriptors.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert written.returncode == 0, written.stderr
     return out
 
 
 def _node(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["node", str(NODE_DIR / script), *args], cwd=NODE_DIR,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["node", str(NODE_DIR / script), *args], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_node_grpc_example_matches_the_python_client(server, node_protos, version_dir):
-    result = _node("predict.js", "--protos", str(node_protos), "--target", server.grpc_target,
-                   "--model", MODEL, *TEXTS)
+    result = _node(
+        "predict.js", "--protos", str(node_protos), "--target", server.grpc_target, "--model", MODEL, *TEXTS
+    )
     with TextClassifierClient(server.grpc_target, MODEL) as python_client:
         expected = python_client.predict(TEXTS)
 
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["model_spec"] == {"name": MODEL, "version": version_dir.name, "signature_name": "serving_default"}
+    assert doc["model_spec"] == {
+        "name": MODEL,
+        "version": version_dir.name,
+        "signature_name": "serving_default",
+    }
     assert [p["label"] for p in doc["predictions"]] == [p.label for p in expected]
-    np.testing.assert_allclose([p["probabilities"] for p in doc["predictions"]],
-                               [list(p.probabilities.values()) for p in expected], atol=1e-6)
+    np.testing.assert_allclose(
+        [p["probabilities"] for p in doc["predictions"]],
+        [list(p.probabilities.values()) for p in expected],
+        atol=1e-6,
+    )
 
 
 def test_node_rest_example_matches_the_python_client(server, node_protos):
@@ -324,8 +359,16 @@ def test_node_rest_example_matches_the_python_client(server, node_protos):
 
 
 def test_node_examples_report_the_servers_error(server, node_protos):
-    over_grpc = _node("predict.js", "--protos", str(node_protos), "--target", server.grpc_target,
-                      "--model", "no_such_model", "a text")
+    over_grpc = _node(
+        "predict.js",
+        "--protos",
+        str(node_protos),
+        "--target",
+        server.grpc_target,
+        "--model",
+        "no_such_model",
+        "a text",
+    )
     over_rest = _node("predict_rest.js", "--url", server.rest_url, "--model", "no_such_model", "a text")
 
     assert over_grpc.returncode == 1
@@ -347,15 +390,19 @@ BBC_TEXTS = {
 
 @pytest.fixture(scope="module")
 def bbc_server(bbc_run):
-    with running_server(["--model_name=bbc_news", f"--model_base_path={Path(bbc_run.version_dir).parent}"]) as srv:
+    with running_server(
+        ["--model_name=bbc_news", f"--model_base_path={Path(bbc_run.version_dir).parent}"]
+    ) as srv:
         yield srv
 
 
 @pytest.mark.e2e
 def test_bbc_export_answers_label_names_over_python_and_curl(bbc_server):
     texts = list(BBC_TEXTS.values())
-    with TextClassifierClient(bbc_server.grpc_target, "bbc_news") as grpc_client, \
-            TextClassifierClient(bbc_server.rest_url, "bbc_news", transport="rest") as rest_client:
+    with (
+        TextClassifierClient(bbc_server.grpc_target, "bbc_news") as grpc_client,
+        TextClassifierClient(bbc_server.rest_url, "bbc_news", transport="rest") as rest_client,
+    ):
         over_grpc, over_rest = grpc_client.predict(texts), rest_client.predict(texts)
     curl = _curl(bbc_server, "predict", *texts, model="bbc_news")
 
@@ -368,7 +415,9 @@ def test_bbc_export_answers_label_names_over_python_and_curl(bbc_server):
 
 @pytest.mark.e2e
 def test_bbc_export_answers_label_names_to_the_node_grpc_example(bbc_server, node_protos):
-    node = _node("predict.js", "--protos", str(node_protos), "--target", bbc_server.grpc_target, *BBC_TEXTS.values())
+    node = _node(
+        "predict.js", "--protos", str(node_protos), "--target", bbc_server.grpc_target, *BBC_TEXTS.values()
+    )
 
     assert node.returncode == 0, node.stderr
     assert [p["label"] for p in json.loads(node.stdout)["predictions"]] == list(BBC_TEXTS)

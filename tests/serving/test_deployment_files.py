@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import typing
 from pathlib import Path
 
 import pytest
@@ -44,24 +45,57 @@ CONFIG_FLAGS = {  # server flag -> file name, as in serving/configs/
 
 # tensorflow_model_server's flags (model_servers/main.cc), so that a typo in the
 # ENTRYPOINT fails here rather than as "unknown argument" in a container log.
-KNOWN_SERVER_FLAGS = frozenset("""
-port grpc_socket_path rest_api_port rest_api_num_threads rest_api_timeout_in_ms
-rest_api_enable_cors_support model_name model_base_path model_config_file
-model_config_file_poll_wait_seconds file_system_poll_wait_seconds enable_batching
-batching_parameters_file enable_per_model_batching_parameters
-allow_version_labels_for_unavailable_models monitoring_config_file enable_model_warmup
-num_request_iterations_for_warmup saved_model_tags num_load_threads num_unload_threads
-max_num_load_retries load_retry_interval_micros flush_filesystem_caches
-tensorflow_session_parallelism tensorflow_intra_op_parallelism
-tensorflow_inter_op_parallelism tensorflow_session_config_file
-per_process_gpu_memory_fraction platform_config_file grpc_channel_arguments
-grpc_max_threads use_alts_credentials ssl_config_file enable_signature_method_name_check
-enable_serialization_as_tensor_content remove_unused_fields_from_bundle_metagraph
-prefer_tflite_model num_tflite_pools num_tflite_interpreters_per_pool
-xla_cpu_compilation_enabled xla_gpu_compilation_enabled enable_profiler
-thread_pool_factory_config_file mixed_precision skip_initialize_tpu
-enable_grpc_healthcheck_service
-""".split())
+KNOWN_SERVER_FLAGS = frozenset(
+    [
+        "port",
+        "grpc_socket_path",
+        "rest_api_port",
+        "rest_api_num_threads",
+        "rest_api_timeout_in_ms",
+        "rest_api_enable_cors_support",
+        "model_name",
+        "model_base_path",
+        "model_config_file",
+        "model_config_file_poll_wait_seconds",
+        "file_system_poll_wait_seconds",
+        "enable_batching",
+        "batching_parameters_file",
+        "enable_per_model_batching_parameters",
+        "allow_version_labels_for_unavailable_models",
+        "monitoring_config_file",
+        "enable_model_warmup",
+        "num_request_iterations_for_warmup",
+        "saved_model_tags",
+        "num_load_threads",
+        "num_unload_threads",
+        "max_num_load_retries",
+        "load_retry_interval_micros",
+        "flush_filesystem_caches",
+        "tensorflow_session_parallelism",
+        "tensorflow_intra_op_parallelism",
+        "tensorflow_inter_op_parallelism",
+        "tensorflow_session_config_file",
+        "per_process_gpu_memory_fraction",
+        "platform_config_file",
+        "grpc_channel_arguments",
+        "grpc_max_threads",
+        "use_alts_credentials",
+        "ssl_config_file",
+        "enable_signature_method_name_check",
+        "enable_serialization_as_tensor_content",
+        "remove_unused_fields_from_bundle_metagraph",
+        "prefer_tflite_model",
+        "num_tflite_pools",
+        "num_tflite_interpreters_per_pool",
+        "xla_cpu_compilation_enabled",
+        "xla_gpu_compilation_enabled",
+        "enable_profiler",
+        "thread_pool_factory_config_file",
+        "mixed_precision",
+        "skip_initialize_tpu",
+        "enable_grpc_healthcheck_service",
+    ]
+)
 
 
 # --- Dockerfile ----------------------------------------------------------------
@@ -86,9 +120,7 @@ def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
 
 
 def _substitute(text: str, variables: dict[str, str]) -> str:
-    return re.sub(
-        r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), text
-    )
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), text)
 
 
 class Dockerfile:
@@ -219,9 +251,11 @@ def test_version_labels_are_allowed_at_startup(dockerfile):
     # that have not loaded yet, unless this flag is set (contract §2). The canary
     # flow writes labels into models.config, and a restarted container must
     # still start with them.
-    labelled = [str(p) for p in all_config_files("models.config") if any(
-        m.version_labels for m in read_model_server_config(p).model_config_list.config
-    )]
+    labelled = [
+        str(p)
+        for p in all_config_files("models.config")
+        if any(m.version_labels for m in read_model_server_config(p).model_config_list.config)
+    ]
     assert dockerfile.server_flags().get("allow_version_labels_for_unavailable_models") == "true", (
         f"pass --allow_version_labels_for_unavailable_models=true (labelled configs now: {labelled})"
     )
@@ -234,9 +268,9 @@ class _StatusHandler(http.server.BaseHTTPRequestHandler):
     """Answers GET with the (status, body) the test sets, and records the path asked for."""
 
     answer: tuple[int, bytes] = (200, b"")
-    paths: list[str] = []
+    paths: typing.ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802 (stdlib name)
+    def do_GET(self):
         type(self).paths.append(self.path)
         status, body = type(self).answer
         self.send_response(status)
@@ -268,7 +302,7 @@ def _healthcheck_command(dockerfile) -> list[str]:
 def _run_healthcheck(command: list[str], port: int, model_name: str) -> int:
     target = f"/dev/tcp/127.0.0.1/{REST_PORT}"
     assert target in command[-1], f"the HEALTHCHECK must connect to {target}"
-    command = command[:-1] + [command[-1].replace(target, f"/dev/tcp/127.0.0.1/{port}")]
+    command = [*command[:-1], command[-1].replace(target, f"/dev/tcp/127.0.0.1/{port}")]
     env = {"MODEL_NAME": model_name, "PATH": "/usr/bin:/bin"}
     return subprocess.run(command, env=env, capture_output=True, timeout=10).returncode
 
@@ -280,8 +314,11 @@ def test_healthcheck_asks_for_the_model_status_url(dockerfile, model_name, statu
     assert "/v1/models/%s" in command[-1] and '"$MODEL_NAME"' in command[-1]
     _StatusHandler.paths.clear()
     # TF Serving's answer for a loaded model (GetModelStatus as JSON).
-    body = {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                      "status": {"error_code": "OK", "error_message": ""}}]}
+    body = {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     _StatusHandler.answer = (200, json.dumps(body, indent=1).encode())
     assert _run_healthcheck(command, status_server.server_port, model_name) == 0
     assert _StatusHandler.paths == [f"/v1/models/{model_name}"]
@@ -291,8 +328,11 @@ def test_healthcheck_asks_for_the_model_status_url(dockerfile, model_name, statu
     "status, body",
     [
         (404, b'{ "error": "Servable not found for request: Latest(bbc_news)" }'),
-        (200, b'{"model_version_status": [{"version": "1", "state": "END",'
-              b' "status": {"error_code": "UNKNOWN"}}]}'),
+        (
+            200,
+            b'{"model_version_status": [{"version": "1", "state": "END",'
+            b' "status": {"error_code": "UNKNOWN"}}]}',
+        ),
     ],
     ids=["unknown-model", "version-failed"],
 )
@@ -368,36 +408,52 @@ def _local_config_messages():
     wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
     pool.Add(wrappers)
     file = descriptor_pb2.FileDescriptorProto(
-        name="textserve_tests/serving_configs.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"],
+        name="textserve_tests/serving_configs.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
     )
     F = descriptor_pb2.FieldDescriptorProto
 
     def add(message, fields):
         proto = file.message_type.add(name=message)
         for name, number, kind, type_name, repeated in fields:
-            proto.field.add(name=name, number=number, type=kind, type_name=type_name,
-                            label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+            proto.field.add(
+                name=name,
+                number=number,
+                type=kind,
+                type_name=type_name,
+                label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL,
+            )
 
     int64, boolean = ".google.protobuf.Int64Value", ".google.protobuf.BoolValue"
-    add("BatchingParameters", [
-        ("max_batch_size", 1, F.TYPE_MESSAGE, int64, False),
-        ("batch_timeout_micros", 2, F.TYPE_MESSAGE, int64, False),
-        ("max_enqueued_batches", 3, F.TYPE_MESSAGE, int64, False),
-        ("num_batch_threads", 4, F.TYPE_MESSAGE, int64, False),
-        ("thread_pool_name", 5, F.TYPE_MESSAGE, ".google.protobuf.StringValue", False),
-        ("allowed_batch_sizes", 6, F.TYPE_INT64, None, True),
-        ("pad_variable_length_inputs", 7, F.TYPE_BOOL, None, False),
-        ("enable_large_batch_splitting", 8, F.TYPE_MESSAGE, boolean, False),
-        ("max_execution_batch_size", 9, F.TYPE_MESSAGE, int64, False),
-    ])
-    add("PrometheusConfig", [
-        ("enable", 1, F.TYPE_BOOL, None, False),
-        ("path", 2, F.TYPE_STRING, None, False),
-    ])
-    add("MonitoringConfig", [
-        ("prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", False),
-    ])
+    add(
+        "BatchingParameters",
+        [
+            ("max_batch_size", 1, F.TYPE_MESSAGE, int64, False),
+            ("batch_timeout_micros", 2, F.TYPE_MESSAGE, int64, False),
+            ("max_enqueued_batches", 3, F.TYPE_MESSAGE, int64, False),
+            ("num_batch_threads", 4, F.TYPE_MESSAGE, int64, False),
+            ("thread_pool_name", 5, F.TYPE_MESSAGE, ".google.protobuf.StringValue", False),
+            ("allowed_batch_sizes", 6, F.TYPE_INT64, None, True),
+            ("pad_variable_length_inputs", 7, F.TYPE_BOOL, None, False),
+            ("enable_large_batch_splitting", 8, F.TYPE_MESSAGE, boolean, False),
+            ("max_execution_batch_size", 9, F.TYPE_MESSAGE, int64, False),
+        ],
+    )
+    add(
+        "PrometheusConfig",
+        [
+            ("enable", 1, F.TYPE_BOOL, None, False),
+            ("path", 2, F.TYPE_STRING, None, False),
+        ],
+    )
+    add(
+        "MonitoringConfig",
+        [
+            ("prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", False),
+        ],
+    )
     pool.Add(file)
     return tuple(
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
@@ -429,7 +485,7 @@ def read_model_server_config(path: Path):
 
 def all_config_files(file_name: str) -> list[Path]:
     """Every copy of a config: the image's, and each kustomization's."""
-    return [CONFIG_DIR / file_name] + sorted(K8S.glob(f"**/{file_name}"))
+    return [CONFIG_DIR / file_name, *sorted(K8S.glob(f"**/{file_name}"))]
 
 
 @pytest.mark.parametrize("path", all_config_files("models.config"), ids=str)
@@ -459,8 +515,11 @@ def test_batching_config_is_valid_for_tf_serving(path):
     if params.allowed_batch_sizes:
         sizes = list(params.allowed_batch_sizes)
         assert sizes == sorted(set(sizes))
-        largest = params.max_execution_batch_size.value if params.enable_large_batch_splitting.value \
+        largest = (
+            params.max_execution_batch_size.value
+            if params.enable_large_batch_splitting.value
             else params.max_batch_size.value
+        )
         assert sizes[-1] == largest, "the last allowed batch size must equal the largest batch"
 
 
@@ -478,13 +537,22 @@ def _assemble_base() -> list[dict]:
     """The base without kustomize: its resources plus the generated ConfigMap (no hash)."""
     base = K8S / "base"
     kustomization = yaml.safe_load((base / "kustomization.yaml").read_text(encoding="utf-8"))
-    docs = [doc for name in kustomization["resources"]
-            for doc in yaml.safe_load_all((base / name).read_text(encoding="utf-8")) if doc]
+    docs = [
+        doc
+        for name in kustomization["resources"]
+        for doc in yaml.safe_load_all((base / name).read_text(encoding="utf-8"))
+        if doc
+    ]
     for generator in kustomization.get("configMapGenerator", []):
         data = {Path(f).name: (base / f).read_text(encoding="utf-8") for f in generator["files"]}
-        docs.append({
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data,
-        })
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": generator["name"]},
+                "data": data,
+            }
+        )
     return docs
 
 
@@ -496,8 +564,9 @@ def rendered(request) -> list[dict]:
         if request.param != "base":
             pytest.skip("kubectl is not installed, and only the base can be assembled without kustomize")
         return _assemble_base()
-    result = subprocess.run([kubectl, "kustomize", str(K8S / request.param)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(K8S / request.param)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"kubectl kustomize serving/k8s/{request.param} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -611,7 +680,9 @@ def test_autoscaler_and_disruption_budget_fit_the_deployment(rendered):
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     hpa = _one(rendered, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"],
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
     }
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     pdb = _one(rendered, "PodDisruptionBudget")

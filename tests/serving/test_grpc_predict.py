@@ -44,9 +44,7 @@ def models(tfs_testdata, tmp_path_factory):
     paths = {
         "half_plus_two": copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", root / "hp2"),
         "half_plus_three": copy_model(tfs_testdata, "saved_model_half_plus_three", root / "hp3"),
-        "half_plus_two_tf2": copy_model(
-            tfs_testdata, "saved_model_half_plus_two_tf2_cpu", root / "tf2"
-        ),
+        "half_plus_two_tf2": copy_model(tfs_testdata, "saved_model_half_plus_two_tf2_cpu", root / "tf2"),
     }
     config = root / "models.config"
     config.write_text(_config({k: str(v) for k, v in paths.items()}))
@@ -432,9 +430,7 @@ def test_get_model_metadata_matches_tf_serving(stub, tfs_testdata):
     ours = json_format.MessageToDict(
         signature_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
-    reference = json.loads(
-        (tfs_testdata / "reference" / "half_plus_two_model_metadata.json").read_text()
-    )
+    reference = json.loads((tfs_testdata / "reference" / "half_plus_two_model_metadata.json").read_text())
     assert ours == reference["metadata"]["signature_def"]
 
 

@@ -19,10 +19,7 @@ def test_request_count_has_tf_serving_name_and_no_total_suffix():
     lines = _lines(metrics)
     assert "# TYPE :tensorflow:serving:request_count counter" in lines
     assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"} 2' in lines
-    assert (
-        ':tensorflow:serving:request_count{model_name="half_plus_two",status="NOT_FOUND"} 1'
-        in lines
-    )
+    assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="NOT_FOUND"} 1' in lines
     assert not any("request_count_total" in line for line in lines)
     assert not any(line.startswith("# HELP") for line in lines)
     assert metrics.value(REQUEST_COUNT, "half_plus_two", "OK") == 2
@@ -40,8 +37,12 @@ def test_latency_histogram_layout():
     assert buckets[1] == prefix + 'le="18"} 0'
     assert buckets[2] == prefix + 'le="32.4"} 1'
     assert buckets[-1] == prefix + 'le="+Inf"} 1'
-    assert ':tensorflow:serving:request_latency_sum{model_name="m",API="Predict",entrypoint="GRPC"} 25' in lines
-    assert ':tensorflow:serving:request_latency_count{model_name="m",API="Predict",entrypoint="GRPC"} 1' in lines
+    assert (
+        ':tensorflow:serving:request_latency_sum{model_name="m",API="Predict",entrypoint="GRPC"} 25' in lines
+    )
+    assert (
+        ':tensorflow:serving:request_latency_count{model_name="m",API="Predict",entrypoint="GRPC"} 1' in lines
+    )
 
 
 def test_every_metric_has_a_type_line_and_label_values_are_escaped():
@@ -67,6 +68,7 @@ def test_collector_works_with_prometheus_client_registry():
     metrics.record_request("m", "Predict", "GRPC", "OK", 0.001)
     registry = CollectorRegistry()
     registry.register(metrics.collector())
-    assert registry.get_sample_value(
-        ":tensorflow:serving:request_count", {"model_name": "m", "status": "OK"}
-    ) == 1.0
+    assert (
+        registry.get_sample_value(":tensorflow:serving:request_count", {"model_name": "m", "status": "OK"})
+        == 1.0
+    )

@@ -26,7 +26,8 @@ from serving.errors import ServingError
 from serving.flags import options_for_tests
 from serving.model_manager import AVAILABLE, END, ModelManager
 from serving.servable import Servable
-from tests.serving.conftest import copy_model, wait_for as wait_for_condition
+from tests.serving.conftest import copy_model
+from tests.serving.conftest import wait_for as wait_for_condition
 
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
 
@@ -35,7 +36,9 @@ def make_config(text: str) -> model_server_config_pb2.ModelServerConfig:
     return text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
 
 
-def one_model(base_path, policy: str = "", labels: str = "", name: str = "m") -> model_server_config_pb2.ModelServerConfig:
+def one_model(
+    base_path, policy: str = "", labels: str = "", name: str = "m"
+) -> model_server_config_pb2.ModelServerConfig:
     return make_config(f"""
         model_config_list {{ config {{
           name: "{name}" base_path: "{base_path}" model_platform: "tensorflow"
@@ -49,8 +52,11 @@ def managers():
     made: list[ModelManager] = []
 
     def build(**overrides) -> ModelManager:
-        settings = dict(file_system_poll_wait_seconds=1, max_num_load_retries=0,
-                        load_retry_interval_micros=0)
+        settings = {
+            "file_system_poll_wait_seconds": 1,
+            "max_num_load_retries": 0,
+            "load_retry_interval_micros": 0,
+        }
         settings.update(overrides)
         manager = ModelManager(options_for_tests(**settings))
         made.append(manager)
@@ -63,8 +69,9 @@ def managers():
 
 def predict_y(servable: Servable, values) -> list[float]:
     signature = servable.signature_defs["serving_default"]
-    (out,) = servable.run({signature.inputs["x"].name: np.array(values, np.float32)},
-                          [signature.outputs["y"].name])
+    (out,) = servable.run(
+        {signature.inputs["x"].name: np.array(values, np.float32)}, [signature.outputs["y"].name]
+    )
     return out.tolist()
 
 
@@ -92,16 +99,26 @@ def break_version(base, version: str) -> None:
 
 # ---- config checks and discovery (no TensorFlow loads) ----------------------------------
 
-@pytest.mark.parametrize("text, message", [
-    ('model_config_list { config { name: "a" base_path: "/x" model_platform: "tensorflow" } '
-     'config { name: "a" base_path: "/y" model_platform: "tensorflow" } }',
-     "Illegal to list model a multiple times in config list"),
-    ('model_config_list { config { name: "a" base_path: "models/a" model_platform: "tensorflow" } }',
-     "Expected model a to have an absolute path or URI; got base_path()=models/a"),
-    ('model_config_list { config { name: "a" base_path: "/x" } }',
-     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-     "ModelServerConfig::model_platform."),
-])
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            'model_config_list { config { name: "a" base_path: "/x" model_platform: "tensorflow" } '
+            'config { name: "a" base_path: "/y" model_platform: "tensorflow" } }',
+            "Illegal to list model a multiple times in config list",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "models/a" model_platform: "tensorflow" } }',
+            "Expected model a to have an absolute path or URI; got base_path()=models/a",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/x" } }',
+            "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+            "ModelServerConfig::model_platform.",
+        ),
+    ],
+)
 def test_invalid_configs_are_rejected_with_tf_servings_message(text, message):
     with pytest.raises(ServingError) as raised:
         model_manager.validate_config(make_config(text))
@@ -111,8 +128,9 @@ def test_invalid_configs_are_rejected_with_tf_servings_message(text, message):
 
 def test_other_platforms_and_custom_configs_are_rejected():
     with pytest.raises(ServingError, match="unsupported platform tflite"):
-        model_manager.validate_config(make_config(
-            'model_config_list { config { name: "a" base_path: "/x" model_platform: "tflite" } }'))
+        model_manager.validate_config(
+            make_config('model_config_list { config { name: "a" base_path: "/x" model_platform: "tflite" } }')
+        )
     custom = model_server_config_pb2.ModelServerConfig()
     custom.custom_model_config.type_url = "x"
     with pytest.raises(ServingError) as raised:
@@ -146,13 +164,16 @@ def test_version_discovery(tmp_path):
     assert model_manager.discover_versions(str(tmp_path / "missing")) == {}
 
 
-@pytest.mark.parametrize("policy, expected", [
-    ("", [9]),
-    ("model_version_policy { latest { } }", [9]),
-    ("model_version_policy { latest { num_versions: 2 } }", [9, 5]),
-    ("model_version_policy { all { } }", [9, 5, 1]),
-    ("model_version_policy { specific { versions: 1 versions: 42 } }", [1]),
-])
+@pytest.mark.parametrize(
+    "policy, expected",
+    [
+        ("", [9]),
+        ("model_version_policy { latest { } }", [9]),
+        ("model_version_policy { latest { num_versions: 2 } }", [9, 5]),
+        ("model_version_policy { all { } }", [9, 5, 1]),
+        ("model_version_policy { specific { versions: 1 versions: 42 } }", [1]),
+    ],
+)
 def test_version_policies(policy, expected):
     (model,) = one_model("/x", policy).model_config_list.config
     found = {1: "/x/1", 5: "/x/5", 9: "/x/9"}
@@ -160,6 +181,7 @@ def test_version_policies(policy, expected):
 
 
 # ---- loading, resolving, status ------------------------------------------------------------
+
 
 def test_latest_policy_serves_highest_and_resolves(tfs_testdata, tmp_path, managers):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "m")
@@ -172,14 +194,18 @@ def test_latest_policy_serves_highest_and_resolves(tfs_testdata, tmp_path, manag
     with pytest.raises(ServingError) as raised:
         manager.resolve("m", version=123)
     assert (raised.value.code, raised.value.message) == (
-        grpc.StatusCode.NOT_FOUND, "Servable not found for request: Specific(m, 123)")
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found for request: Specific(m, 123)",
+    )
     with pytest.raises(ServingError) as raised:
         manager.resolve("nope")
     assert raised.value.message == "Servable not found for request: Latest(nope)"
     with pytest.raises(ServingError) as raised:
         manager.resolve("m", label="stable")
     assert (raised.value.code, raised.value.message) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: stable")
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Unrecognized servable version label: stable",
+    )
     assert states(manager) == {124: (AVAILABLE, 0)}
     assert manager.model_names() == ["m"]
 
@@ -191,7 +217,9 @@ def test_status_errors_name_model_and_version(tfs_testdata, tmp_path, managers):
     with pytest.raises(ServingError) as raised:
         manager.model_status("other")
     assert (raised.value.code, raised.value.message) == (
-        grpc.StatusCode.NOT_FOUND, "Could not find any versions of model other")
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find any versions of model other",
+    )
     with pytest.raises(ServingError) as raised:
         manager.model_status("m", 7)
     assert raised.value.message == "Could not find version 7 of model m"
@@ -201,13 +229,15 @@ def test_status_errors_name_model_and_version(tfs_testdata, tmp_path, managers):
 
 def test_startup_labels_need_the_allow_flag(tfs_testdata, tmp_path, managers):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "m")
-    labelled = one_model(base, "model_version_policy { all { } }",
-                         'version_labels { key: "stable" value: 123 }')
+    labelled = one_model(
+        base, "model_version_policy { all { } }", 'version_labels { key: "stable" value: 123 }'
+    )
     with pytest.raises(ServingError) as raised:
         managers().start(labelled)
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert raised.value.message == ("Request to assign label to version 123 of model m, "
-                                    "which is not currently available for inference")
+    assert raised.value.message == (
+        "Request to assign label to version 123 of model m, which is not currently available for inference"
+    )
     manager = managers(allow_version_labels_for_unavailable_models=True)
     manager.start(labelled)
     assert manager.resolve("m", label="stable").version == 123
@@ -218,16 +248,21 @@ def test_labels_by_reload(tfs_testdata, tmp_path, managers):
     manager = managers()
     manager.start(one_model(base, "model_version_policy { all { } }"))
     assert sorted(states(manager)) == [123, 124]
-    manager.reload_config(one_model(
-        base, "model_version_policy { all { } }",
-        'version_labels { key: "stable" value: 123 } version_labels { key: "canary" value: 124 }'))
+    manager.reload_config(
+        one_model(
+            base,
+            "model_version_policy { all { } }",
+            'version_labels { key: "stable" value: 123 } version_labels { key: "canary" value: 124 }',
+        )
+    )
     assert manager.resolve("m", label="stable").version == 123
     assert manager.resolve("m", label="canary").version == 124
     assert manager.resolve("m").version == 124
     # A label on a version that is not loaded is refused; the old labels stay.
     with pytest.raises(ServingError) as raised:
-        manager.reload_config(one_model(base, "model_version_policy { all { } }",
-                                        'version_labels { key: "stable" value: 999 }'))
+        manager.reload_config(
+            one_model(base, "model_version_policy { all { } }", 'version_labels { key: "stable" value: 999 }')
+        )
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert manager.resolve("m", label="stable").version == 123
 
@@ -235,16 +270,22 @@ def test_labels_by_reload(tfs_testdata, tmp_path, managers):
 def test_moving_a_label_to_an_unavailable_version_fails_even_with_the_flag(tfs_testdata, tmp_path, managers):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "m")
     manager = managers(allow_version_labels_for_unavailable_models=True)
-    manager.start(one_model(base, "model_version_policy { all { } }",
-                            'version_labels { key: "stable" value: 123 }'))
+    manager.start(
+        one_model(base, "model_version_policy { all { } }", 'version_labels { key: "stable" value: 123 }')
+    )
     with pytest.raises(ServingError) as raised:
-        manager.reload_config(one_model(base, "model_version_policy { all { } }",
-                                        'version_labels { key: "stable" value: 500 }'))
+        manager.reload_config(
+            one_model(base, "model_version_policy { all { } }", 'version_labels { key: "stable" value: 500 }')
+        )
     assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
     # A new label may point ahead of loading with the flag.
-    manager.reload_config(one_model(base, "model_version_policy { all { } }",
-                                    'version_labels { key: "stable" value: 123 } '
-                                    'version_labels { key: "next" value: 500 }'))
+    manager.reload_config(
+        one_model(
+            base,
+            "model_version_policy { all { } }",
+            'version_labels { key: "stable" value: 123 } version_labels { key: "next" value: 500 }',
+        )
+    )
     with pytest.raises(ServingError, match=r"Specific\(m, 500\)"):
         manager.resolve("m", label="next")
 
@@ -262,8 +303,9 @@ def test_reload_adds_and_removes_models(tfs_testdata, tmp_path, managers):
     # The removed model's version stays in the status monitor as END.
     assert states(manager, "a") == {123: (END, 0)}
     with pytest.raises(ServingError) as raised:
-        manager.reload_config(make_config(
-            f'model_config_list {{ config {{ name: "c" base_path: "{second}" }} }}'))
+        manager.reload_config(
+            make_config(f'model_config_list {{ config {{ name: "c" base_path: "{second}" }} }}')
+        )
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert manager.model_names() == ["b"]
 
@@ -275,7 +317,8 @@ def test_startup_fails_when_a_model_cannot_load(tmp_path, managers):
         managers().start(one_model(base))
     assert raised.value.code == grpc.StatusCode.UNKNOWN
     assert raised.value.message.startswith(
-        "1 servable(s) did not become available: {{{name: m version: 1} due to error: ")
+        "1 servable(s) did not become available: {{{name: m version: 1} due to error: "
+    )
 
 
 def test_tags_select_the_metagraph(tfs_testdata, tmp_path, managers):
@@ -286,8 +329,10 @@ def test_tags_select_the_metagraph(tfs_testdata, tmp_path, managers):
 
 # ---- polling ------------------------------------------------------------------------------
 
+
 def test_polling_swaps_in_new_version_and_ignores_half_written_and_broken_ones(
-        tfs_testdata, tmp_path, managers):
+    tfs_testdata, tmp_path, managers
+):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "m", versions=["00000123"])
     manager = managers()
     manager.start(one_model(base))
@@ -305,7 +350,7 @@ def test_polling_swaps_in_new_version_and_ignores_half_written_and_broken_ones(
     # Complete but broken: fails, reported END with an error, 124 keeps serving.
     break_version(base, "126")
     assert wait_for(lambda: 126 in states(manager) and states(manager)[126][0] == END)
-    state, code = states(manager)[126]
+    _state, code = states(manager)[126]
     assert code != 0
     assert 125 not in states(manager)
     assert manager.resolve("m").version == 124
@@ -348,6 +393,7 @@ def test_config_file_is_re_read(tfs_testdata, tmp_path, managers):
 
 # ---- warmup ----------------------------------------------------------------------------------
 
+
 def write_warmup(version_dir, records: list[bytes]) -> None:
     extra = version_dir / warmup.WARMUP_DIR
     extra.mkdir(exist_ok=True)
@@ -375,8 +421,14 @@ def warm_manager(managers):
         replayed: list[int] = []
 
         def hook(servable):
-            replayed.append(warmup.run_warmup(servable, dataplane.replay_warmup_record,
-                                              manager._options.num_request_iterations_for_warmup))
+            replayed.append(
+                warmup.run_warmup(
+                    servable,
+                    dataplane.replay_warmup_record,
+                    manager._options.num_request_iterations_for_warmup,
+                )
+            )
+
         return manager, hook, replayed
 
     return build
@@ -391,15 +443,27 @@ def test_warmup_replays_records_before_serving(tfs_testdata, tmp_path, warm_mana
     assert manager.resolve("m").version == 123
 
 
-@pytest.mark.parametrize("records, code, phrase", [
-    ([predict_log(["not a float"], tf.string)], grpc.StatusCode.INVALID_ARGUMENT, "to be float"),
-    ([predict_log([1.0])] * (warmup.MAX_RECORDS + 1), grpc.StatusCode.INVALID_ARGUMENT,
-     "Number of warmup records exceeds the maximum (1000)"),
-    ([b"\x00not a prediction log"], grpc.StatusCode.INVALID_ARGUMENT, "PredictionLog"),
-    ([prediction_log_pb2.PredictionLog(
-        session_run_log=prediction_log_pb2.SessionRunLog()).SerializeToString()],
-     grpc.StatusCode.UNIMPLEMENTED, "session_run_log"),
-])
+@pytest.mark.parametrize(
+    "records, code, phrase",
+    [
+        ([predict_log(["not a float"], tf.string)], grpc.StatusCode.INVALID_ARGUMENT, "to be float"),
+        (
+            [predict_log([1.0])] * (warmup.MAX_RECORDS + 1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Number of warmup records exceeds the maximum (1000)",
+        ),
+        ([b"\x00not a prediction log"], grpc.StatusCode.INVALID_ARGUMENT, "PredictionLog"),
+        (
+            [
+                prediction_log_pb2.PredictionLog(
+                    session_run_log=prediction_log_pb2.SessionRunLog()
+                ).SerializeToString()
+            ],
+            grpc.StatusCode.UNIMPLEMENTED,
+            "session_run_log",
+        ),
+    ],
+)
 def test_bad_warmup_fails_the_versions_load(tfs_testdata, tmp_path, warm_manager, records, code, phrase):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "m", versions=["00000123"])
     write_warmup(base / "00000123", records)

@@ -78,8 +78,7 @@ def call(srv, method: str, path: str, body: bytes | str | dict | None = None, he
         body = json.dumps(body)
     if isinstance(body, str):
         body = body.encode("utf-8")
-    request = urllib.request.Request(srv.rest_url + path, data=body, method=method,
-                                     headers=headers or {})
+    request = urllib.request.Request(srv.rest_url + path, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, response.headers, response.read()
@@ -119,8 +118,7 @@ def test_status_is_proto3_json_with_defaults(server):
     assert status == 200
     assert doc == {
         "model_version_status": [
-            {"version": "123", "state": "AVAILABLE",
-             "status": {"error_code": "OK", "error_message": ""}}
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
         ]
     }
     assert call_json(server, "GET", "/v1/models/half_plus_two/versions/123") == (status, doc)
@@ -137,10 +135,15 @@ def test_status_lists_versions_newest_first_and_label_route_lists_all(server):
 
 
 def test_status_errors(server):
-    expect_error(server, "GET", "/v1/models/nope", None, 404,
-                 "Could not find any versions of model nope")
-    expect_error(server, "GET", "/v1/models/half_plus_two/versions/999", None, 404,
-                 "Could not find version 999 of model half_plus_two")
+    expect_error(server, "GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope")
+    expect_error(
+        server,
+        "GET",
+        "/v1/models/half_plus_two/versions/999",
+        None,
+        404,
+        "Could not find version 999 of model half_plus_two",
+    )
     expect_error(server, "GET", "/v1/models", None, 400, "Missing model name in request.")
 
 
@@ -150,8 +153,7 @@ def test_status_errors(server):
 def test_routes_are_case_insensitive_and_names_percent_decoded(server):
     assert call_json(server, "GET", "/V1/MODELS/half_plus_two")[0] == 200
     assert call_json(server, "GET", "/v1/models/half%5Fplus%5Ftwo/Versions/123")[0] == 200
-    status, doc = call_json(server, "POST", "/v1/models/half_plus_two:PREDICT",
-                            {"instances": [1.0]})
+    status, doc = call_json(server, "POST", "/v1/models/half_plus_two:PREDICT", {"instances": [1.0]})
     assert (status, doc) == (200, {"predictions": [2.5]})
     status, doc = call_json(server, "GET", "/v1/models/hp2_versions/labels/%63anary/metadata")
     assert (status, doc["model_spec"]["version"]) == (200, "124")
@@ -182,10 +184,14 @@ def test_unmatched_v1_paths_are_malformed_requests(server, method, path):
 
 
 def test_version_beyond_int64_is_400_with_empty_body(server):
-    status, headers, raw = call(server, "GET", "/v1/models/half_plus_two/versions/18446744073709551615")
+    status, _headers, raw = call(server, "GET", "/v1/models/half_plus_two/versions/18446744073709551615")
     assert (status, raw) == (400, b"")
-    status, _, raw = call(server, "POST", "/v1/models/half_plus_two/versions/9223372036854775808:predict",
-                          b'{"instances": [1.0]}')
+    status, _, raw = call(
+        server,
+        "POST",
+        "/v1/models/half_plus_two/versions/9223372036854775808:predict",
+        b'{"instances": [1.0]}',
+    )
     assert (status, raw) == (400, b"")
 
 
@@ -213,14 +219,17 @@ def test_every_v1_answer_is_json_with_cors_headers(server):
 def test_request_content_type_does_not_matter_and_gzip_bodies_are_read(server):
     body = b'{"instances": [1.0, 2.0]}'
     for content_type in ("application/x-www-form-urlencoded", "text/plain", "application/json"):
-        status, doc = call_json(server, "POST", "/v1/models/half_plus_two:predict", body,
-                                {"Content-Type": content_type})
+        status, doc = call_json(
+            server, "POST", "/v1/models/half_plus_two:predict", body, {"Content-Type": content_type}
+        )
         assert (status, doc) == (200, {"predictions": [2.5, 3.0]})
-    status, doc = call_json(server, "POST", "/v1/models/half_plus_two:predict", gzip.compress(body),
-                            {"Content-Encoding": "gzip"})
+    status, doc = call_json(
+        server, "POST", "/v1/models/half_plus_two:predict", gzip.compress(body), {"Content-Encoding": "gzip"}
+    )
     assert (status, doc) == (200, {"predictions": [2.5, 3.0]})
-    status, doc = call_json(server, "POST", "/v1/models/half_plus_two:predict", b"not gzip at all",
-                            {"Content-Encoding": "gzip"})
+    status, doc = call_json(
+        server, "POST", "/v1/models/half_plus_two:predict", b"not gzip at all", {"Content-Encoding": "gzip"}
+    )
     assert status == 400 and "error" in doc
 
 
@@ -258,12 +267,25 @@ def test_metadata_latest_label_and_tf2_init_op(server):
 
 
 def test_metadata_errors(server):
-    expect_error(server, "GET", "/v1/models/nope/metadata", None, 404,
-                 "Servable not found for request: Latest(nope)")
-    expect_error(server, "GET", "/v1/models/half_plus_two/versions/999/metadata", None, 404,
-                 "Servable not found for request: Specific(half_plus_two, 999)")
-    expect_error(server, "GET", "/v1/models/hp2_versions/labels/nope/metadata", None, 400,
-                 "Unrecognized servable version label: nope")
+    expect_error(
+        server, "GET", "/v1/models/nope/metadata", None, 404, "Servable not found for request: Latest(nope)"
+    )
+    expect_error(
+        server,
+        "GET",
+        "/v1/models/half_plus_two/versions/999/metadata",
+        None,
+        404,
+        "Servable not found for request: Specific(half_plus_two, 999)",
+    )
+    expect_error(
+        server,
+        "GET",
+        "/v1/models/hp2_versions/labels/nope/metadata",
+        None,
+        400,
+        "Unrecognized servable version label: nope",
+    )
 
 
 # ---------------------------------------------------------------------------- predict
@@ -272,25 +294,37 @@ def test_metadata_errors(server):
 def test_predict_row_and_columnar(server):
     path = "/v1/models/half_plus_two:predict"
     assert call_json(server, "POST", path, {"instances": [1.0, 2.0, 5.0]}) == (
-        200, {"predictions": [2.5, 3.0, 4.5]})
+        200,
+        {"predictions": [2.5, 3.0, 4.5]},
+    )
     assert call_json(server, "POST", path, {"instances": [{"x": 1.0}, {"x": 3.0}]}) == (
-        200, {"predictions": [2.5, 3.5]})
+        200,
+        {"predictions": [2.5, 3.5]},
+    )
     assert call_json(server, "POST", path, {"inputs": {"x": [[1.0], [2.0]]}}) == (
-        200, {"outputs": [[2.5], [3.0]]})
+        200,
+        {"outputs": [[2.5], [3.0]]},
+    )
     assert call_json(server, "POST", path, {"inputs": [1.0, 2.0]}) == (200, {"outputs": [2.5, 3.0]})
     assert call_json(server, "POST", path, {"inputs": 3.0}) == (200, {"outputs": 3.5})
     # Extra names in the columnar object are ignored, as TF Serving does.
     assert call_json(server, "POST", path, {"inputs": {"x": [1.0], "extra": "?"}}) == (
-        200, {"outputs": [2.5]})
+        200,
+        {"outputs": [2.5]},
+    )
 
 
 def test_predict_versions_labels_and_other_models(server):
-    for path in ("/v1/models/hp2_versions/versions/123:predict",
-                 "/v1/models/hp2_versions/labels/canary:predict",
-                 "/v1/models/tf2:predict"):
+    for path in (
+        "/v1/models/hp2_versions/versions/123:predict",
+        "/v1/models/hp2_versions/labels/canary:predict",
+        "/v1/models/tf2:predict",
+    ):
         assert call_json(server, "POST", path, {"instances": [1.0]}) == (200, {"predictions": [2.5]})
     assert call_json(server, "POST", "/v1/models/half_plus_three:predict", {"instances": [1.0]}) == (
-        200, {"predictions": [3.5]})
+        200,
+        {"predictions": [3.5]},
+    )
 
 
 def test_predict_floats_look_like_floats_and_ints_are_accepted(server):
@@ -299,16 +333,16 @@ def test_predict_floats_look_like_floats_and_ints_are_accepted(server):
     assert raw.replace(b" ", b"") == b'{"predictions":[3.0,2.0]}'
     # float32 results are written in their shortest float32 form, not as the double
     # they widen to (0.100000024, not 0.10000002384185791).
-    status, _, raw = call(server, "POST", "/v1/models/half_plus_two:predict",
-                          b'{"instances": [-3.8, 0.2]}')
+    status, _, raw = call(server, "POST", "/v1/models/half_plus_two:predict", b'{"instances": [-3.8, 0.2]}')
     results = [np.float32(v) * np.float32(0.5) + np.float32(2.0) for v in (-3.8, 0.2)]
     expected = "[" + ",".join(str(r) for r in results) + "]"
     assert raw.replace(b" ", b"").decode() == '{"predictions":' + expected + "}"
 
 
 def test_predict_nan_and_infinity_tokens(server):
-    status, _, raw = call(server, "POST", "/v1/models/half_plus_two:predict",
-                          b'{"instances": [NaN, Infinity, -Infinity, 1.0]}')
+    status, _, raw = call(
+        server, "POST", "/v1/models/half_plus_two:predict", b'{"instances": [NaN, Infinity, -Infinity, 1.0]}'
+    )
     assert status == 200
     assert raw.replace(b" ", b"") == b'{"predictions":[NaN,Infinity,-Infinity,2.5]}'
 
@@ -316,10 +350,11 @@ def test_predict_nan_and_infinity_tokens(server):
 def test_predict_b64_string_input(server):
     body = {"signature_name": "classify_x_to_y", "instances": [{"b64": example_b64(2.0)}]}
     assert call_json(server, "POST", "/v1/models/half_plus_two:predict", body) == (
-        200, {"predictions": [[3.0]]})
+        200,
+        {"predictions": [[3.0]]},
+    )
     bad = {"signature_name": "classify_x_to_y", "instances": [{"b64": "not base64!"}]}
-    expect_error(server, "POST", "/v1/models/half_plus_two:predict", bad, 400,
-                 "Unable to base64 decode")
+    expect_error(server, "POST", "/v1/models/half_plus_two:predict", bad, 400, "Unable to base64 decode")
 
 
 @pytest.mark.parametrize(
@@ -328,8 +363,7 @@ def test_predict_b64_string_input(server):
         (b"{not json", ["JSON Parse error"]),
         (b"", ["JSON Parse error: The document is empty"]),
         (b"[1.0]", ["Is not object"]),
-        (b'{"signature_name": 5, "instances": [1.0]}',
-         ["'signature_name' key must be a string value."]),
+        (b'{"signature_name": 5, "instances": [1.0]}', ["'signature_name' key must be a string value."]),
         (b'{"foo": [1.0]}', ["Missing 'inputs' or 'instances' key"]),
         (b'{"instances": [1.0], "inputs": [1.0]}', ["only one of 'inputs' or 'instances'"]),
         (b'{"instances": []}', ["No values in 'instances' array"]),
@@ -344,8 +378,10 @@ def test_predict_b64_string_input(server):
         (b'{"instances": [{"x": 1.0}, 2.0]}', ["Expecting object but got list at item 1"]),
         (b'{"inputs": {"y": [1.0]}}', ["Missing named input: x in 'inputs' object."]),
         (b'{"instances": [16777217]}', ["without loss of precision"]),
-        (b'{"signature_name": "nope", "instances": [1.0]}',
-         ['Serving signature name: "nope" not found in signature def']),
+        (
+            b'{"signature_name": "nope", "instances": [1.0]}',
+            ['Serving signature name: "nope" not found in signature def'],
+        ),
     ],
 )
 def test_predict_bad_requests_are_400(server, body, fragments):
@@ -354,35 +390,71 @@ def test_predict_bad_requests_are_400(server, body, fragments):
 
 def test_predict_unknown_model_version_label(server):
     body = {"instances": [1.0]}
-    expect_error(server, "POST", "/v1/models/nope:predict", body, 404,
-                 "Servable not found for request: Latest(nope)")
-    expect_error(server, "POST", "/v1/models/half_plus_two/versions/7:predict", body, 404,
-                 "Servable not found for request: Specific(half_plus_two, 7)")
-    expect_error(server, "POST", "/v1/models/hp2_versions/labels/nope:predict", body, 400,
-                 "Unrecognized servable version label: nope")
+    expect_error(
+        server, "POST", "/v1/models/nope:predict", body, 404, "Servable not found for request: Latest(nope)"
+    )
+    expect_error(
+        server,
+        "POST",
+        "/v1/models/half_plus_two/versions/7:predict",
+        body,
+        404,
+        "Servable not found for request: Specific(half_plus_two, 7)",
+    )
+    expect_error(
+        server,
+        "POST",
+        "/v1/models/hp2_versions/labels/nope:predict",
+        body,
+        400,
+        "Unrecognized servable version label: nope",
+    )
 
 
 def test_predict_error_precedence(server):
     # JSON parsing and the signature_name type come before the model lookup...
     expect_error(server, "POST", "/v1/models/nope:predict", b"{bad", 400, "JSON Parse error")
-    expect_error(server, "POST", "/v1/models/nope:predict", b'{"signature_name": 1}', 400,
-                 "'signature_name' key must be a string value.")
+    expect_error(
+        server,
+        "POST",
+        "/v1/models/nope:predict",
+        b'{"signature_name": 1}',
+        400,
+        "'signature_name' key must be a string value.",
+    )
     # ...the body's shape and types after it (and after the signature lookup).
     expect_error(server, "POST", "/v1/models/nope:predict", b'{"instances": []}', 404, "Latest(nope)")
-    expect_error(server, "POST", "/v1/models/half_plus_two:predict",
-                 b'{"signature_name": "nope", "instances": []}', 400, "Serving signature name")
+    expect_error(
+        server,
+        "POST",
+        "/v1/models/half_plus_two:predict",
+        b'{"signature_name": "nope", "instances": []}',
+        400,
+        "Serving signature name",
+    )
 
 
 def test_predict_strings_that_are_not_utf8(server):
     # Bytes that are not UTF-8 reach the model unchanged (as in TF Serving); a float
     # input rejects the string by type.
-    expect_error(server, "POST", "/v1/models/half_plus_two:predict",
-                 b'{"instances": ["\xff\xfe"]}', 400, "is not of expected type: float")
+    expect_error(
+        server,
+        "POST",
+        "/v1/models/half_plus_two:predict",
+        b'{"instances": ["\xff\xfe"]}',
+        400,
+        "is not of expected type: float",
+    )
 
 
 def test_predict_non_utf8_serialized_example_is_400(server):
-    expect_error(server, "POST", "/v1/models/half_plus_two:predict",
-                 b'{"signature_name": "classify_x_to_y", "instances": ["\xff\xfe"]}', 400)
+    expect_error(
+        server,
+        "POST",
+        "/v1/models/half_plus_two:predict",
+        b'{"signature_name": "classify_x_to_y", "instances": ["\xff\xfe"]}',
+        400,
+    )
 
 
 # ---------------------------------------------------------------------------- classify / regress
@@ -392,15 +464,16 @@ def test_classify_and_regress(server):
     base = "/v1/models/half_plus_two"
     body = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}, {"x": 4.0}]}
     assert call_json(server, "POST", base + ":classify", body) == (
-        200, {"results": [[["", 3.0]], [["", 4.0]]]})
+        200,
+        {"results": [[["", 3.0]], [["", 4.0]]]},
+    )
     body = {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}
     assert call_json(server, "POST", base + ":regress", body) == (200, {"results": [3.0]})
     body = {"signature_name": "regress_x_to_y2", "examples": [{"x": 2.0}]}
     assert call_json(server, "POST", base + ":regress", body) == (200, {"results": [4.0]})
     # half_plus_three's regress input is declared DT_FLOAT but is the Example placeholder.
     body = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 2.0}]}
-    assert call_json(server, "POST", "/v1/models/half_plus_three:regress", body) == (
-        200, {"results": [4.0]})
+    assert call_json(server, "POST", "/v1/models/half_plus_three:regress", body) == (200, {"results": [4.0]})
 
 
 def test_classify_context_is_merged_under_each_example(server):
@@ -428,12 +501,18 @@ def test_classify_integer_features_are_int64(server):
         (b'{"examples": [{"x": null}]}', ["Feature: x has element with unexpected JSON type: Null"]),
         (b'{"examples": [{"x": [[1.0]]}]}', ["Feature: x has element with unexpected JSON type: Array"]),
         (b'{"examples": [{"x": {"a": 1}}]}', ["unexpected JSON type: Object"]),
-        (b'{"examples": [{"x": [1.0, "a"]}]}', ["Unexpected element type in feature: x expecting type: float"]),
+        (
+            b'{"examples": [{"x": [1.0, "a"]}]}',
+            ["Unexpected element type in feature: x expecting type: float"],
+        ),
         (b'{"examples": [{"x": [1, 2.0]}]}', ["Unexpected element type in feature: x expecting type: int64"]),
         (b'{"examples": [{"x": {"b64": "%%%"}}]}', ["Unable to base64 decode"]),
         (b'{"context": [1], "examples": [{"x": 1.0}]}', ["Example must be JSON object but got JSON Array"]),
-        (b'{"signature_name": "nope", "examples": [{"x": 1.0}]}', ["No signature was found with the name: nope"]),
-        (b'{nope', ["JSON Parse error"]),
+        (
+            b'{"signature_name": "nope", "examples": [{"x": 1.0}]}',
+            ["No signature was found with the name: nope"],
+        ),
+        (b"{nope", ["JSON Parse error"]),
     ],
 )
 @pytest.mark.parametrize("verb", ["classify", "regress"])
@@ -443,14 +522,17 @@ def test_classify_regress_bad_requests_are_400(server, verb, body, fragments):
 
 def test_classify_examples_are_built_before_model_lookup(server):
     expect_error(server, "POST", "/v1/models/nope:classify", b'{"examples": []}', 400, "empty array")
-    expect_error(server, "POST", "/v1/models/nope:classify", b'{"examples": [{"x": 1.0}]}', 404,
-                 "Latest(nope)")
+    expect_error(
+        server, "POST", "/v1/models/nope:classify", b'{"examples": [{"x": 1.0}]}', 404, "Latest(nope)"
+    )
 
 
 def test_classify_non_utf8_feature_bytes_pass_through(server):
     body = b'{"signature_name": "classify_x_to_y", "examples": [{"x": 2.0, "note": "\xff\xfe"}]}'
     assert call_json(server, "POST", "/v1/models/half_plus_two:classify", body) == (
-        200, {"results": [[["", 3.0]]]})
+        200,
+        {"results": [[["", 3.0]]]},
+    )
 
 
 # ---------------------------------------------------------------------------- size
@@ -462,8 +544,12 @@ def test_ten_thousand_instances(server):
     assert status == 200
     assert doc["predictions"] == [0.5 * v + 2 for v in values]
     examples = [{"x": float(i)} for i in range(10_000)]
-    status, doc = call_json(server, "POST", "/v1/models/half_plus_two:regress",
-                            {"signature_name": "regress_x_to_y", "examples": examples})
+    status, doc = call_json(
+        server,
+        "POST",
+        "/v1/models/half_plus_two:regress",
+        {"signature_name": "regress_x_to_y", "examples": examples},
+    )
     assert status == 200 and len(doc["results"]) == 10_000 and doc["results"][10] == 7.0
 
 
@@ -471,7 +557,9 @@ def test_ten_megabyte_documents(server):
     text = "lorem ipsum " * (10 * 1024 * 1024 // 12)
     body = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0, "text": text}]}
     assert call_json(server, "POST", "/v1/models/half_plus_two:classify", body) == (
-        200, {"results": [[["", 3.0]]]})
+        200,
+        {"results": [[["", 3.0]]]},
+    )
     values = [1.25] * (10 * 1024 * 1024 // 6)
     status, doc = call_json(server, "POST", "/v1/models/half_plus_two:predict", {"inputs": values})
     assert status == 200 and len(doc["outputs"]) == len(values) and doc["outputs"][0] == 2.625
@@ -491,7 +579,9 @@ def test_body_over_the_limit_is_413_and_server_keeps_serving(server):
     assert response.getheader("Content-Type") == "application/json"
     assert "larger than the REST limit" in doc["error"]
     assert call_json(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [1.0]}) == (
-        200, {"predictions": [2.5]})
+        200,
+        {"predictions": [2.5]},
+    )
 
 
 # ---------------------------------------------------------------------------- monitoring
@@ -507,14 +597,15 @@ def test_prometheus_page_counts_rest_requests(server):
     assert "# TYPE :tensorflow:serving:request_count counter" in page
     assert ':tensorflow:serving:request_count{model_name="half_plus_two",status="OK"}' in page
     assert ':tensorflow:serving:request_count{model_name="nope",status="NOT_FOUND"}' in page
-    assert ('request_latency_count{model_name="half_plus_two",API="predict",entrypoint="REST"}'
-            in page)
+    assert 'request_latency_count{model_name="half_plus_two",API="predict",entrypoint="REST"}' in page
 
 
 def test_server_still_serves_after_bad_requests(server):
     assert call_json(server, "GET", "/v1/models/half_plus_two")[0] == 200
     assert call_json(server, "POST", "/v1/models/half_plus_two:predict", {"instances": [3.0]}) == (
-        200, {"predictions": [3.5]})
+        200,
+        {"predictions": [3.5]},
+    )
     if hasattr(server, "proc"):
         assert server.proc.poll() is None
 
@@ -524,7 +615,9 @@ def test_expect_100_continue_is_answered_before_the_body(server):
     import socket
 
     body = b'{"instances": [1.0]}'
-    with socket.create_connection((urllib.parse.urlsplit(server.rest_url).hostname, server.rest_port), timeout=30) as sock:
+    with socket.create_connection(
+        (urllib.parse.urlsplit(server.rest_url).hostname, server.rest_port), timeout=30
+    ) as sock:
         sock.sendall(
             b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\n"
             b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -539,7 +632,7 @@ def test_expect_100_continue_is_answered_before_the_body(server):
 
 
 def test_cors_preflight(server):
-    status, headers, raw = call(server, "OPTIONS", "/v1/models/half_plus_two:predict")
+    status, headers, _raw = call(server, "OPTIONS", "/v1/models/half_plus_two:predict")
     assert status == 200
     for name, value in HEADERS_CORS.items():
         assert headers[name] == value

@@ -60,8 +60,12 @@ def test_stop_finishes_in_flight_requests_then_refuses(tfs_testdata: Path, tmp_p
     from serving.rest import start_rest_server
 
     base = copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path / "hp2")
-    options = options_for_tests(rest_api_port=0, file_system_poll_wait_seconds=0,
-                                model_base_path=str(base), model_name="half_plus_two")
+    options = options_for_tests(
+        rest_api_port=0,
+        file_system_poll_wait_seconds=0,
+        model_base_path=str(base),
+        model_name="half_plus_two",
+    )
     manager = ModelManager(options)
     manager.start(single_model_config("half_plus_two", str(base)))
     metrics = Metrics()
@@ -80,9 +84,9 @@ def test_stop_finishes_in_flight_requests_then_refuses(tfs_testdata: Path, tmp_p
         worker = threading.Thread(target=slow_request)
         worker.start()
         deadline = time.monotonic() + 30
-        while server._in_flight == 0 and time.monotonic() < deadline:  # noqa: SLF001
+        while server._in_flight == 0 and time.monotonic() < deadline:
             time.sleep(0.001)
-        assert server._in_flight == 1  # noqa: SLF001 - the request is being handled
+        assert server._in_flight == 1
         server.stop(grace_s=30)
         worker.join(timeout=60)
         status, _, raw = result["answer"]
@@ -100,8 +104,12 @@ def test_batching_errors_keep_their_rest_status(tfs_testdata: Path, tmp_path: Pa
     base = copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path / "hp2")
     batching = tmp_path / "batching.config"
     batching.write_text("max_batch_size { value: 4 }\nbatch_timeout_micros { value: 1000 }\n")
-    args = ["--model_name=half_plus_two", f"--model_base_path={base}", "--enable_batching",
-            f"--batching_parameters_file={batching}"]
+    args = [
+        "--model_name=half_plus_two",
+        f"--model_base_path={base}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+    ]
     with running_server(args) as srv:
         url = srv.rest_url + "/v1/models/half_plus_two:predict"
         status, _, raw = post(url, b'{"instances": [1.0, 2.0, 3.0, 4.0]}')

@@ -42,8 +42,7 @@ def status(channel, name: str, version: int | None = None):
 
 
 def version_states(channel, name: str) -> list[tuple[int, int, int]]:
-    return [(s.version, s.state, s.status.error_code)
-            for s in status(channel, name).model_version_status]
+    return [(s.version, s.state, s.status.error_code) for s in status(channel, name).model_version_status]
 
 
 def predict(channel, name: str, values, label: str = "", timeout: float = 10.0):
@@ -59,7 +58,8 @@ def predict(channel, name: str, values, label: str = "", timeout: float = 10.0):
 def config_text(*models: tuple[str, str, str]) -> str:
     entries = "".join(
         f'config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" {extra} }} '
-        for name, base, extra in models)
+        for name, base, extra in models
+    )
     return f"model_config_list {{ {entries}}}"
 
 
@@ -68,6 +68,7 @@ def test_ready_message_is_shared_with_the_fixtures():
 
 
 # ---- command line and startup failures (no model loads) ------------------------------------
+
 
 def test_help_prints_usage_and_exits_zero():
     result = run_server_to_exit(["--help"])
@@ -90,14 +91,21 @@ def test_version_prints_versions():
     assert f"TensorFlow Library: {tf.__version__}" in result.stdout
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--bogus_flag=1"],
-     "Failed to start server. Error: INVALID_ARGUMENT: Both server_options.model_base_path "
-     "and server_options.model_config_file are empty!"),
-    (["--model_base_path=/m", "--batching_parameters_file=/b"],
-     "Failed to start server. Error: INVALID_ARGUMENT: server_options.batching_parameters_file "
-     "is set without setting server_options.enable_batching to true."),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (
+            ["--bogus_flag=1"],
+            "Failed to start server. Error: INVALID_ARGUMENT: Both server_options.model_base_path "
+            "and server_options.model_config_file are empty!",
+        ),
+        (
+            ["--model_base_path=/m", "--batching_parameters_file=/b"],
+            "Failed to start server. Error: INVALID_ARGUMENT: server_options.batching_parameters_file "
+            "is set without setting server_options.enable_batching to true.",
+        ),
+    ],
+)
 def test_flag_rule_violations_fail_startup(arguments, message):
     result = run_server_to_exit(arguments)
     assert result.returncode != 0
@@ -117,21 +125,31 @@ def test_unparsable_config_file_fails_startup(tfs_testdata):
 def test_model_that_cannot_load_fails_startup(tmp_path):
     (tmp_path / "m" / "1").mkdir(parents=True)
     (tmp_path / "m" / "1" / "saved_model.pb").write_bytes(b"garbage")
-    result = run_server_to_exit([f"--model_base_path={tmp_path / 'm'}", "--model_name=m",
-                                 f"--port={free_port()}", "--max_num_load_retries=0"])
+    result = run_server_to_exit(
+        [
+            f"--model_base_path={tmp_path / 'm'}",
+            "--model_name=m",
+            f"--port={free_port()}",
+            "--max_num_load_retries=0",
+        ]
+    )
     assert result.returncode != 0
-    assert "Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: " \
-           "{{{name: m version: 1} due to error: " in result.stderr
+    assert (
+        "Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+        "{{{name: m version: 1} due to error: " in result.stderr
+    )
 
 
 def test_relative_base_path_fails_startup():
     result = run_server_to_exit(["--model_base_path=models/m", f"--port={free_port()}"])
     assert result.returncode != 0
-    assert ("INVALID_ARGUMENT: Expected model default to have an absolute path or URI; "
-            "got base_path()=models/m") in result.stderr
+    assert (
+        "INVALID_ARGUMENT: Expected model default to have an absolute path or URI; got base_path()=models/m"
+    ) in result.stderr
 
 
 # ---- a served two-version model: status, reload, labels ----------------------------------
+
 
 @pytest.fixture(scope="module")
 def two_versions(tfs_testdata, tmp_path_factory):
@@ -153,10 +171,13 @@ def test_get_model_status_lists_versions_newest_first(two_versions):
     assert (only.version, only.state, only.status.error_message) == (123, AVAILABLE, "")
 
 
-@pytest.mark.parametrize("name, version, message", [
-    ("missing", None, "Could not find any versions of model missing"),
-    ("hp2", 5, "Could not find version 5 of model hp2"),
-])
+@pytest.mark.parametrize(
+    "name, version, message",
+    [
+        ("missing", None, "Could not find any versions of model missing"),
+        ("hp2", 5, "Could not find version 5 of model hp2"),
+    ],
+)
 def test_get_model_status_not_found(two_versions, name, version, message):
     _, channel, _ = two_versions
     with pytest.raises(grpc.RpcError) as raised:
@@ -178,10 +199,18 @@ def test_reload_config_sets_labels_then_predict_follows_them(two_versions):
     _, channel, base = two_versions
     stub = model_service_pb2_grpc.ModelServiceStub(channel)
     request = model_management_pb2.ReloadConfigRequest()
-    text_format.Parse(config_text(("hp2", str(base),
-                                   'model_version_policy { all { } } '
-                                   'version_labels { key: "stable" value: 123 } '
-                                   'version_labels { key: "canary" value: 124 }')), request.config)
+    text_format.Parse(
+        config_text(
+            (
+                "hp2",
+                str(base),
+                "model_version_policy { all { } } "
+                'version_labels { key: "stable" value: 123 } '
+                'version_labels { key: "canary" value: 124 }',
+            )
+        ),
+        request.config,
+    )
     response = stub.HandleReloadConfigRequest(request, timeout=60)
     assert response.status.error_code == 0
     assert predict(channel, "hp2", [1.0], label="stable").model_spec.version.value == 123
@@ -209,10 +238,15 @@ def test_reload_config_sets_labels_then_predict_follows_them(two_versions):
 
 # ---- polling while serving ---------------------------------------------------------------
 
+
 def test_new_version_swaps_in_without_failed_requests(tfs_testdata, tmp_path):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "hp", versions=["00000123"])
-    args = ["--model_name=hp", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
-            "--max_num_load_retries=0"]
+    args = [
+        "--model_name=hp",
+        f"--model_base_path={base}",
+        "--file_system_poll_wait_seconds=1",
+        "--max_num_load_retries=0",
+    ]
     with running_server(args, rest=False) as srv, grpc.insecure_channel(srv.grpc_target) as channel:
         seen: list[int] = []
         failures: list[BaseException] = []
@@ -224,7 +258,7 @@ def test_new_version_swaps_in_without_failed_requests(tfs_testdata, tmp_path):
                     response = predict(channel, "hp", [2.0])
                     assert list(response.outputs["y"].float_val) == [3.0]
                     seen.append(response.model_spec.version.value)
-                except BaseException as e:  # noqa: BLE001 - every failure is the finding
+                except BaseException as e:
                     failures.append(e)
 
         workers = [threading.Thread(target=hammer) for _ in range(3)]
@@ -233,12 +267,13 @@ def test_new_version_swaps_in_without_failed_requests(tfs_testdata, tmp_path):
         try:
             time.sleep(0.5)
             # A version being written (no saved_model.pb yet) and a broken one: ignored / failed.
-            shutil.copytree(tfs_testdata / TWO_VERSIONS / "00000124" / "variables",
-                            base / "00000130" / "variables")
+            shutil.copytree(
+                tfs_testdata / TWO_VERSIONS / "00000124" / "variables", base / "00000130" / "variables"
+            )
             (base / "00000140").mkdir()
             (base / "00000140" / "saved_model.pb").write_bytes(b"garbage")
             assert wait_for(lambda: any(v == 140 for v, _, _ in version_states(channel, "hp")))
-            assert wait_for(lambda: dict((v, s) for v, s, _ in version_states(channel, "hp"))[140] == END)
+            assert wait_for(lambda: {v: s for v, s, _ in version_states(channel, "hp")}[140] == END)
             shutil.rmtree(base / "00000140")
             # The real new version arrives atomically.
             staging = tmp_path / "staging"
@@ -288,12 +323,19 @@ def _available(channel, name: str) -> bool:
 
 # ---- transports, health, shutdown ----------------------------------------------------------
 
+
 def test_unix_socket_health_service_and_same_port_rest(tfs_testdata, tmp_path):
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "hp", versions=["00000123"])
     socket_path = tmp_path / "grpc.sock"
     port = free_port()
-    args = ["--model_name=hp", f"--model_base_path={base}", f"--grpc_socket_path={socket_path}",
-            f"--port={port}", f"--rest_api_port={port}", "--enable_grpc_healthcheck_service"]
+    args = [
+        "--model_name=hp",
+        f"--model_base_path={base}",
+        f"--grpc_socket_path={socket_path}",
+        f"--port={port}",
+        f"--rest_api_port={port}",
+        "--enable_grpc_healthcheck_service",
+    ]
     with running_server(args) as srv:
         assert "cannot be same as grpc_port" in srv.stderr_text()
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
@@ -313,10 +355,15 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tfs_testdata, tmp_path
     base = copy_model(tfs_testdata, TWO_VERSIONS, tmp_path / "hp", versions=["00000123"])
     batching = tmp_path / "batching.config"
     # A lone request waits 2 s for its batch to fill: it is in flight when SIGTERM arrives.
-    batching.write_text("max_batch_size { value: 64 } batch_timeout_micros { value: 2000000 } "
-                        "num_batch_threads { value: 1 }")
-    args = ["--model_name=hp", f"--model_base_path={base}", "--enable_batching",
-            f"--batching_parameters_file={batching}"]
+    batching.write_text(
+        "max_batch_size { value: 64 } batch_timeout_micros { value: 2000000 } num_batch_threads { value: 1 }"
+    )
+    args = [
+        "--model_name=hp",
+        f"--model_base_path={base}",
+        "--enable_batching",
+        f"--batching_parameters_file={batching}",
+    ]
     srv = conftest.start_server(args, rest=False)
     try:
         with grpc.insecure_channel(srv.grpc_target) as channel, futures.ThreadPoolExecutor(2) as pool:

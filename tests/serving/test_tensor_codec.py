@@ -110,8 +110,10 @@ def test_tensor_content_length_must_match_shape():
 
 def test_tensor_content_wins_over_typed_fields():
     proto = _proto(
-        types_pb2.DT_FLOAT, [2],
-        tensor_content=np.array([5, 6], np.float32).tobytes(), float_val=[1.0, 2.0],
+        types_pb2.DT_FLOAT,
+        [2],
+        tensor_content=np.array([5, 6], np.float32).tobytes(),
+        float_val=[1.0, 2.0],
     )
     assert tensor_codec.to_numpy(proto).tolist() == [5.0, 6.0]
 

@@ -1,4 +1,4 @@
-"""TF Serving's REST JSON <-> tensors, examples and results (TFS_CONTRACT.md §4, §6).
+"""TF Serving's REST request JSON → tensors and tf.Examples (TFS_CONTRACT.md §4, §6).
 
 The REST front end (`rest.py`) calls, in TF Serving's order of checks:
 
@@ -6,13 +6,10 @@ The REST front end (`rest.py`) calls, in TF Serving's order of checks:
     name = signature_name(doc)                 # "'signature_name' key must be a string value."
     ...model and signature lookup (rest.py / DataPlane)...
     inputs, row = predict_inputs(doc, signature, body)   # instances / inputs → numpy
-    ...DataPlane.predict...
-    encode_predict_response(outputs, row)      # {"predictions": ...} / {"outputs": ...}
 
-and for `:classify` / `:regress`: `parse_request`, `signature_name`,
-`serialized_examples(doc, api)` (JSON → tf.Example bytes, before the model
-lookup, as TF Serving does), then `encode_classify_response` /
-`encode_regress_response`.
+and for `:classify` / `:regress`: `parse_request`, `signature_name`, then
+`rest_examples.serialized_examples(doc, api)` (JSON → tf.Example bytes, before
+the model lookup, as TF Serving does). The answers are written by `rest_response`.
 
 Decisions worth knowing (where TF Serving's C++ behaviour cannot or should not
 be copied byte for byte):
@@ -26,17 +23,9 @@ be copied byte for byte):
   UTF-8 inside a JSON string are kept as they are: they reach a DT_STRING
   tensor unchanged (the model then decides; a float input answers 400 `... is
   not of expected type: float`).
-* DT_STRING outputs are written as JSON strings. TF Serving writes their raw
-  bytes even when they are not UTF-8, which makes the whole answer invalid JSON;
-  here invalid sequences are replaced by U+FFFD and a warning naming the output
-  is logged once per alias. Name the output `<something>_bytes` to receive
-  exact bytes as `{"b64": ...}`.
 * Error messages that quote a JSON value (`JSON Value: ...`) print it compactly
   and cut it after `MAX_QUOTED_JSON_CHARS` characters; TF Serving prints the
   whole value, which for a 10 MB document is a 10 MB error message.
-* Floats are written in their shortest round-trip form for their own precision
-  (float32 0.1 → `0.1`), always with a `.0` or exponent, and non-finite values
-  as `NaN` / `Infinity` / `-Infinity`, as TF Serving writes them.
 """
 
 from __future__ import annotations
@@ -44,39 +33,49 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
-from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving import tensor_codec
 from serving.errors import ServingError, invalid_argument, unimplemented
 
-log = logging.getLogger(__name__)
-
 SIGNATURE_KEY = "signature_name"
+
+
 INSTANCES_KEY = "instances"
+
+
 INPUTS_KEY = "inputs"
+
+
 CONTEXT_KEY = "context"
+
+
 EXAMPLES_KEY = "examples"
+
+
 B64_KEY = "b64"
-BYTES_SUFFIX = "_bytes"
+
 
 # Longest JSON value quoted in an error message before it is cut with "...".
 MAX_QUOTED_JSON_CHARS = 256
 
-_ORJSON_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 # Largest integers a float / double holds exactly (IsLosslessDecimal in TF Serving).
 _MAX_EXACT_INT = {types_pb2.DT_FLOAT: (1 << 24) - 1, types_pb2.DT_DOUBLE: (1 << 53) - 1}
-_FLOAT_MAX = {types_pb2.DT_FLOAT: float(np.finfo(np.float32).max),
-              types_pb2.DT_DOUBLE: float(np.finfo(np.float64).max)}
+
+
+FLOAT_MAX = {
+    types_pb2.DT_FLOAT: float(np.finfo(np.float32).max),
+    types_pb2.DT_DOUBLE: float(np.finfo(np.float64).max),
+}
+
 
 # Integer dtypes: inclusive JSON range accepted (rapidjson IsInt/IsInt64/IsUint/IsUint64).
 _INT_RANGE = {
@@ -88,14 +87,9 @@ _INT_RANGE = {
     types_pb2.DT_UINT32: (0, (1 << 32) - 1),
     types_pb2.DT_UINT64: (0, (1 << 64) - 1),
 }
+
+
 _FLOAT_DTYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE)
-_NON_FINITE = {"nan": orjson.Fragment(b"NaN"), "inf": orjson.Fragment(b"Infinity"),
-               "-inf": orjson.Fragment(b"-Infinity")}
-
-_warned_outputs: set[str] = set()
-
-
-# ---------------------------------------------------------------------------- parsing
 
 
 def parse_request(body: bytes) -> dict:
@@ -118,7 +112,7 @@ def parse_request(body: bytes) -> dict:
     except orjson.JSONDecodeError:
         doc = _tolerant_loads(body)
     if not isinstance(doc, dict):
-        raise _format_error(doc, "Is not object")
+        raise format_error(doc, "Is not object")
     return doc
 
 
@@ -126,7 +120,7 @@ def _tolerant_loads(body: bytes) -> Any:
     """Python's json parser: NaN/Infinity tokens, big integers, non-UTF-8 bytes in strings.
 
     Bytes that are not UTF-8 are carried as lone surrogates (surrogateescape)
-    and turned back into the same bytes by `_utf8`.
+    and turned back into the same bytes by `utf8`.
     """
     text = body.decode("utf-8", "surrogateescape")
     try:
@@ -147,13 +141,9 @@ def signature_name(doc: Mapping[str, Any]) -> str:
     value = doc.get(SIGNATURE_KEY, "")
     if not isinstance(value, str):
         raise invalid_argument(
-            f"JSON Value: {_quote(doc)} not formatted correctly. "
-            "'signature_name' key must be a string value."
+            f"JSON Value: {_quote(doc)} not formatted correctly. 'signature_name' key must be a string value."
         )
     return value
-
-
-# ---------------------------------------------------------------------------- predict request
 
 
 def predict_inputs(
@@ -180,31 +170,27 @@ def predict_inputs(
     """
     infos = signature.inputs
     if not infos:
-        raise invalid_argument(
-            f"Failed to get input map for signature: {signature_name(doc) or 'DEFAULT'}"
-        )
+        raise invalid_argument(f"Failed to get input map for signature: {signature_name(doc) or 'DEFAULT'}")
     bools_possible = not body or b"true" in body or b"false" in body
     has_instances = INSTANCES_KEY in doc
     has_inputs = INPUTS_KEY in doc
     if has_instances and has_inputs:
-        raise _format_error(
+        raise format_error(
             doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
         )
     if has_instances:
         instances = doc[INSTANCES_KEY]
         if not isinstance(instances, list):
-            raise _format_error(doc, "Excepting 'instances' to be an list/array")
+            raise format_error(doc, "Excepting 'instances' to be an list/array")
         if not instances:
-            raise _format_error(doc, "No values in 'instances' array")
+            raise format_error(doc, "No values in 'instances' array")
         return _from_instances(instances, infos, bools_possible), True
     if has_inputs:
         return _from_inputs(doc[INPUTS_KEY], infos, bools_possible), False
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
-def _from_instances(
-    instances: list, infos: Mapping[str, Any], bools_possible: bool
-) -> dict[str, np.ndarray]:
+def _from_instances(instances: list, infos: Mapping[str, Any], bools_possible: bool) -> dict[str, np.ndarray]:
     """Row format: stacks one value (or one object of named values) per instance."""
     first = instances[0]
     if not isinstance(first, dict) and len(infos) > 1:
@@ -224,8 +210,7 @@ def _from_instances(
     if all(_is_row_object(item) and item.keys() == names for item in instances):
         out = {}
         for alias in sorted(names):
-            fast = _fast_tensor([item[alias] for item in instances], infos[alias].dtype,
-                                bools_possible)
+            fast = _fast_tensor([item[alias] for item in instances], infos[alias].dtype, bools_possible)
             if fast is None:
                 break
             out[alias] = fast
@@ -244,9 +229,7 @@ def _instances_exact(
     for index, item in enumerate(instances):
         if plain_alias is None:
             if not _is_row_object(item):
-                raise invalid_argument(
-                    f"Expecting object but got list at item {index} of input list"
-                )
+                raise invalid_argument(f"Expecting object but got list at item {index} of input list")
             for key, value in item.items():
                 try:
                     _add_instance_item(value, key, infos, shapes, values)
@@ -262,20 +245,16 @@ def _instances_exact(
                 )
         else:
             if _is_row_object(item):
-                raise invalid_argument(
-                    f"Expecting value/list but got object at item {index} of input list"
-                )
+                raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
             try:
                 _add_instance_item(item, plain_alias, infos, shapes, values)
             except ServingError as e:
                 raise invalid_argument(
-                    f"Failed to process element: {index} of 'instances' list. "
-                    f"Error: {_status_string(e)}"
+                    f"Failed to process element: {index} of 'instances' list. Error: {_status_string(e)}"
                 ) from None
     count = len(instances)
     return {
-        alias: _to_array(flat, (count, *shapes[alias]), infos[alias].dtype)
-        for alias, flat in values.items()
+        alias: _to_array(flat, (count, *shapes[alias]), infos[alias].dtype) for alias, flat in values.items()
     }
 
 
@@ -300,15 +279,13 @@ def _add_instance_item(
     if math.prod(expected) != len(flat):
         raise invalid_argument(f"Expecting tensor size: {math.prod(expected)} but got: {len(flat)}")
     if expected != shape:
-        raise invalid_argument(
-            f"Expecting shape {_shape_string(expected)} but got: {_shape_string(shape)}"
-        )
+        raise invalid_argument(f"Expecting shape {_shape_string(expected)} but got: {_shape_string(shape)}")
     values[name].extend(flat)
 
 
 def _from_inputs(value: Any, infos: Mapping[str, Any], bools_possible: bool) -> dict[str, np.ndarray]:
     """Columnar format: one whole tensor per input; names not in the signature are ignored."""
-    if not isinstance(value, dict) or _is_b64(value):
+    if not isinstance(value, dict) or is_b64(value):
         if len(infos) > 1:
             raise invalid_argument(
                 "inputs is a plain value/list, but expecting an object as multiple "
@@ -343,7 +320,7 @@ def _fast_tensor(value: Any, dtype: int, bools_possible: bool) -> np.ndarray | N
     if dtype == types_pb2.DT_STRING:
         if type(value) is list and all(type(v) is str for v in value):
             out = np.empty(len(value), dtype=object)
-            out[:] = [_utf8(v) for v in value]
+            out[:] = [utf8(v) for v in value]
             return out
         return None
     if dtype not in _FLOAT_DTYPES and dtype not in _INT_RANGE and dtype != types_pb2.DT_BOOL:
@@ -367,9 +344,7 @@ def _fast_tensor(value: Any, dtype: int, bools_possible: bool) -> np.ndarray | N
             return array.astype(np.float64, copy=False)
         with np.errstate(over="ignore"):
             converted = array.astype(np.float32)
-        if not np.isfinite(converted).all() and (
-            np.isfinite(converted) != np.isfinite(array)
-        ).any():
+        if not np.isfinite(converted).all() and (np.isfinite(converted) != np.isfinite(array)).any():
             return None  # a finite double beyond float range: lossy, exact path reports it
         return converted
     if kind == "f":
@@ -437,12 +412,12 @@ def _scalar(value: Any, dtype: int) -> Any:
                 value = float(value)
                 kind = float
             elif abs(value) > _MAX_EXACT_INT[dtype]:
-                raise _lossy(value, dtype)
+                raise lossy_error(value, dtype)
             else:
                 return value
         if kind is float:
-            if math.isfinite(value) and abs(value) > _FLOAT_MAX[dtype]:
-                raise _lossy(value, dtype)
+            if math.isfinite(value) and abs(value) > FLOAT_MAX[dtype]:
+                raise lossy_error(value, dtype)
             return value
         raise _type_error(value, dtype)
     if dtype in _INT_RANGE:
@@ -456,7 +431,7 @@ def _scalar(value: Any, dtype: int) -> Any:
         raise _type_error(value, dtype)
     if dtype == types_pb2.DT_STRING:
         if kind is str:
-            return _utf8(value)
+            return utf8(value)
         raise _type_error(value, dtype)
     raise unimplemented(
         f"Conversion of JSON Value: {_quote(value)} to type: {tensor_codec.dtype_name(dtype)}"
@@ -483,10 +458,8 @@ def decode_b64_object(value: Any) -> bytes:
       ServingError: INVALID_ARGUMENT `... not formatted correctly for base64 data`
         for any other object, `Unable to base64 decode` for bad base64.
     """
-    if not _is_b64(value):
-        raise invalid_argument(
-            f"JSON Value: {_quote(value)} not formatted correctly for base64 data"
-        )
+    if not is_b64(value):
+        raise invalid_argument(f"JSON Value: {_quote(value)} not formatted correctly for base64 data")
     text = value[B64_KEY]
     missing = -len(text) % 4
     if missing == 3:
@@ -497,285 +470,18 @@ def decode_b64_object(value: Any) -> bytes:
         raise invalid_argument("Unable to base64 decode") from None
 
 
-def _is_b64(value: Any) -> bool:
+def is_b64(value: Any) -> bool:
     return type(value) is dict and len(value) == 1 and type(value.get(B64_KEY)) is str
 
 
 def _is_row_object(value: Any) -> bool:
     """An instance given as an object of named inputs (a b64 object is a value)."""
-    return type(value) is dict and not _is_b64(value)
+    return type(value) is dict and not is_b64(value)
 
 
-def _utf8(text: str) -> bytes:
+def utf8(text: str) -> bytes:
     # surrogateescape restores bytes that were not UTF-8 in the request (see _tolerant_loads).
     return text.encode("utf-8", "surrogateescape")
-
-
-# ---------------------------------------------------------------------------- classify / regress request
-
-
-def serialized_examples(doc: Mapping[str, Any], api: str = "classify") -> list[bytes]:
-    """Turns `context` + `examples` into the serialized tf.Examples fed to the model.
-
-    Each JSON value becomes a feature: string / b64 → bytes_list, number with a
-    fraction or exponent → float_list, integer → int64_list, true/false → int64 1/0.
-    With a context, each row is the serialized context followed by the serialized
-    example (proto merge: the example's own features win).
-
-    Args:
-      doc: the parsed request object.
-      api: "classify" or "regress" (TF Serving's message says classify for both).
-
-    Returns:
-      One serialized Example per entry of `examples`.
-
-    Raises:
-      ServingError: INVALID_ARGUMENT for missing/empty/non-list `examples`,
-        non-object examples, null / nested / mixed values, bad base64.
-    """
-    del api  # TF Serving words the missing-key error as "classify" for both APIs.
-    context = b""
-    if CONTEXT_KEY in doc:
-        context = _example(doc[CONTEXT_KEY]).SerializeToString()
-    if EXAMPLES_KEY not in doc:
-        raise _format_error(
-            doc, "When method is classify, key 'examples' is expected and was not found"
-        )
-    examples = doc[EXAMPLES_KEY]
-    if not isinstance(examples, list):
-        raise _format_error(doc, "Expecting 'examples' value to be an list/array")
-    if not examples:
-        raise _format_error(doc, "'examples' value is an empty array")
-    return [context + _example(item).SerializeToString() for item in examples]
-
-
-def _example(value: Any) -> example_pb2.Example:
-    if not isinstance(value, dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {_json_type(value)}")
-    example = example_pb2.Example()
-    features = example.features.feature
-    for name, content in value.items():
-        features[name].CopyFrom(_feature(name, content))
-    return example
-
-
-def _feature(name: str, content: Any) -> feature_pb2.Feature:
-    """One JSON value or flat list → Feature; all elements must be of one kind."""
-    kind = None
-    values: list = []
-    for item in content if type(content) is list else (content,):
-        item_kind, converted = _feature_value(name, item, kind)
-        kind = item_kind
-        values.append(converted)
-    feature = feature_pb2.Feature()
-    if kind == "bytes":
-        feature.bytes_list.value.extend(values)
-    elif kind == "float":
-        feature.float_list.value.extend(values)
-    elif kind == "int64":
-        feature.int64_list.value.extend(values)
-    return feature
-
-
-def _feature_value(name: str, value: Any, kind: str | None) -> tuple[str, Any]:
-    """(kind, value) of one feature element, in TF Serving's order of checks."""
-    value_type = type(value)
-    if value is None or value_type is list or (value_type is dict and not _is_b64(value)):
-        raise invalid_argument(
-            f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}"
-        )
-    if value_type is bool:
-        wanted, converted = "int64", int(value)
-    elif value_type is dict:
-        _check_kind(name, kind, "bytes")
-        return "bytes", decode_b64_object(value)
-    elif value_type is str:
-        wanted, converted = "bytes", _utf8(value)
-    elif value_type is float or (value_type is int and value > (1 << 64) - 1):
-        _check_kind(name, kind, "float")
-        value = float(value)
-        if math.isfinite(value) and abs(value) > _FLOAT_MAX[types_pb2.DT_FLOAT]:
-            raise _lossy(value, types_pb2.DT_FLOAT)
-        return "float", value
-    else:
-        _check_kind(name, kind, "int64")
-        if value > (1 << 63) - 1:
-            raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
-        if value < -(1 << 63):
-            raise _lossy(value, types_pb2.DT_INT64)
-        return "int64", value
-    _check_kind(name, kind, wanted)
-    return wanted, converted
-
-
-def _check_kind(name: str, kind: str | None, wanted: str) -> None:
-    if kind is not None and kind != wanted:
-        raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: {kind}")
-
-
-# ---------------------------------------------------------------------------- responses
-
-
-def encode_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
-    """Writes `{"predictions": ...}` (row) or `{"outputs": ...}` (columnar).
-
-    One output → its value directly; several → per-row objects (row) or an
-    object of tensors (columnar). Aliases ending in `_bytes` with DT_STRING
-    values are written as `{"b64": ...}`.
-
-    Raises:
-      ServingError: INVALID_ARGUMENT for an empty output map, or (row format)
-        a scalar output or outputs that disagree on the batch size.
-    """
-    if not outputs:
-        raise invalid_argument("Cannot convert empty tensor map to JSON")
-    aliases = sorted(outputs)
-    if not row_format:
-        if len(aliases) == 1:
-            return _dumps({"outputs": _jsonable(outputs[aliases[0]], aliases[0])})
-        return _dumps({"outputs": {a: _jsonable(outputs[a], a) for a in aliases}})
-    batch = -1
-    for alias in aliases:
-        array = outputs[alias]
-        if array.ndim == 0:
-            raise invalid_argument(f"Tensor name: {alias} has no shape information ")
-        if batch >= 0 and array.shape[0] != batch:
-            raise invalid_argument(
-                f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} "
-                f"expecting: {batch}"
-            )
-        batch = array.shape[0]
-    if len(aliases) == 1:
-        return _dumps({"predictions": _jsonable(outputs[aliases[0]], aliases[0])})
-    rows = {a: _rows(outputs[a], a) for a in aliases}
-    return _dumps({"predictions": [{a: rows[a][i] for a in aliases} for i in range(batch)]})
-
-
-def encode_classify_response(classes: np.ndarray | None, scores: np.ndarray | None) -> bytes:
-    """Writes `{"results": [[[label, score], ...], ...]}` (label "" / score 0.0 when absent).
-
-    Args:
-      classes: [n, k] object array of bytes, or None.
-      scores: [n, k] float array, or None.
-
-    Raises:
-      ServingError: INVALID_ARGUMENT when there are no classifications.
-    """
-    base = classes if classes is not None else scores
-    if base is None or base.shape[0] == 0:
-        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-    n, k = base.shape
-    labels = (_text_leaves(classes, "classes") if classes is not None else [""] * (n * k))
-    if scores is not None:
-        score_leaves = _float_leaves(np.ascontiguousarray(scores, dtype=np.float32))
-    else:
-        score_leaves = [np.float32(0.0)] * (n * k)
-    results = [
-        [[labels[i * k + j], score_leaves[i * k + j]] for j in range(k)] for i in range(n)
-    ]
-    return _dumps({"results": results})
-
-
-def encode_regress_response(values: np.ndarray) -> bytes:
-    """Writes `{"results": [v, ...]}`, one float per example.
-
-    Raises:
-      ServingError: INVALID_ARGUMENT when there are no values.
-    """
-    if values.size == 0:
-        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-    return _dumps({"results": _jsonable(np.ascontiguousarray(values, dtype=np.float32).ravel(), "")})
-
-
-def encode_error(message: str) -> bytes:
-    """`{"error": message}` (never fails, whatever the message holds)."""
-    try:
-        return orjson.dumps({"error": message})
-    except TypeError:  # lone surrogates from undecodable bytes
-        return json.dumps({"error": message}).encode("ascii")
-
-
-def _dumps(doc: Any) -> bytes:
-    return orjson.dumps(doc, option=_ORJSON_NUMPY)
-
-
-def _jsonable(array: np.ndarray, alias: str) -> Any:
-    """A whole output tensor as something orjson writes with TF Serving's value rules."""
-    kind = array.dtype.kind
-    if kind == "O" or kind in "SU":
-        leaves = _string_leaves(array, alias)
-        return _nest(leaves, array.shape)
-    if kind == "f":
-        if array.dtype == np.float64 or array.dtype == np.float32 or array.dtype == np.float16:
-            if np.isfinite(array).all():
-                return _numeric(array)
-            return _nest(_float_leaves(array), array.shape)
-        return _nest(_float_leaves(array.astype(np.float32)), array.shape)  # bfloat16 etc.
-    if kind in "iub":
-        return _numeric(array)
-    raise invalid_argument(f"Failed to write JSON value for tensor type: {array.dtype}")
-
-
-def _numeric(array: np.ndarray) -> Any:
-    if array.ndim == 0:
-        return array[()]  # numpy scalar: orjson keeps float32 formatting
-    return np.ascontiguousarray(array)
-
-
-def _rows(array: np.ndarray, alias: str) -> list:
-    """The per-row values of a batched output (row format with several outputs)."""
-    whole = _jsonable(array, alias)
-    if isinstance(whole, np.ndarray):
-        return list(whole)  # numpy rows / scalars: orjson writes them natively
-    return whole
-
-
-def _nest(leaves: list, shape: tuple[int, ...]) -> Any:
-    """Flat leaves → nested lists of `shape` (leaves kept as objects)."""
-    holder = np.empty(len(leaves), dtype=object)
-    holder[:] = leaves
-    return holder.reshape(shape).tolist() if shape else holder[0]
-
-
-def _float_leaves(array: np.ndarray) -> list:
-    """Float elements as numpy scalars, non-finite ones as NaN/Infinity JSON fragments."""
-    leaves = list(array.ravel())
-    finite = np.isfinite(array).ravel()
-    if not finite.all():
-        for i in np.flatnonzero(~finite):
-            leaves[i] = _NON_FINITE[str(float(leaves[i]))]
-    return leaves
-
-
-def _string_leaves(array: np.ndarray, alias: str) -> list:
-    flat = array.ravel().tolist()
-    if alias.endswith(BYTES_SUFFIX):
-        return [{B64_KEY: base64.b64encode(tensor_codec.as_bytes(v)).decode("ascii")} for v in flat]
-    return _text_leaves(array, alias)
-
-
-def _text_leaves(array: np.ndarray, alias: str) -> list[str]:
-    """DT_STRING elements as text; bytes that are not UTF-8 become U+FFFD (logged once)."""
-    out = []
-    for value in array.ravel().tolist():
-        if isinstance(value, str):
-            out.append(value)
-            continue
-        try:
-            out.append(value.decode("utf-8"))
-        except UnicodeDecodeError:
-            if alias not in _warned_outputs:
-                _warned_outputs.add(alias)
-                log.warning(
-                    "output %r holds bytes that are not UTF-8; they are written with U+FFFD "
-                    "replacement characters. Name the output '%s%s' to receive them as base64.",
-                    alias, alias, BYTES_SUFFIX,
-                )
-            out.append(value.decode("utf-8", "replace"))
-    return out
-
-
-# ---------------------------------------------------------------------------- messages
 
 
 def _quote(value: Any) -> str:
@@ -791,11 +497,11 @@ def _quote(value: Any) -> str:
     return text
 
 
-def _format_error(value: Any, message: str) -> ServingError:
+def format_error(value: Any, message: str) -> ServingError:
     return invalid_argument(f"JSON Value: {_quote(value)} {message}")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "Null"
     if value is True:
@@ -813,12 +519,12 @@ def _json_type(value: Any) -> str:
 
 def _type_error(value: Any, dtype: int) -> ServingError:
     return invalid_argument(
-        f"JSON Value: {_quote(value)} Type: {_json_type(value)} is not of expected type: "
+        f"JSON Value: {_quote(value)} Type: {json_type(value)} is not of expected type: "
         f"{tensor_codec.dtype_name(dtype)}"
     )
 
 
-def _lossy(value: Any, dtype: int) -> ServingError:
+def lossy_error(value: Any, dtype: int) -> ServingError:
     return invalid_argument(
         f"Cannot convert JSON value: {_quote(value)} to {tensor_codec.dtype_name(dtype)} "
         "without loss of precision."

@@ -1,4 +1,4 @@
-"""TF Serving's JSON rules in `serving.json_codec`, for cases the test models cannot reach.
+"""TF Serving's JSON rules in `serving.rest_request` / `serving.rest_response`, for cases the test models cannot reach.
 
 The test models only have float and serialized-Example inputs and one output
 per signature; multi-input / multi-output, int, bool, string and `_bytes`
@@ -15,7 +15,7 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving import json_codec
+from serving import rest_examples, rest_request, rest_response
 from serving.errors import ServingError
 
 
@@ -28,7 +28,7 @@ def signature(**inputs: int) -> meta_graph_pb2.SignatureDef:
 
 
 def convert(body: bytes, sig: meta_graph_pb2.SignatureDef):
-    return json_codec.predict_inputs(json_codec.parse_request(body), sig, body)
+    return rest_request.predict_inputs(rest_request.parse_request(body), sig, body)
 
 
 def error_of(fn, *args) -> ServingError:
@@ -42,7 +42,9 @@ def error_of(fn, *args) -> ServingError:
 
 def test_row_objects_with_several_inputs_stack_per_input():
     sig = signature(a=types_pb2.DT_INT32, b=types_pb2.DT_STRING)
-    inputs, row = convert(b'{"instances": [{"a": [1, 2], "b": "x"}, {"a": [3, 4], "b": {"b64": "eQ=="}}]}', sig)
+    inputs, row = convert(
+        b'{"instances": [{"a": [1, 2], "b": "x"}, {"a": [3, 4], "b": {"b64": "eQ=="}}]}', sig
+    )
     assert row is True
     assert inputs["a"].dtype == np.int32 and inputs["a"].tolist() == [[1, 2], [3, 4]]
     assert inputs["b"].dtype == object and inputs["b"].tolist() == [b"x", b"y"]
@@ -107,7 +109,7 @@ def test_non_utf8_bytes_in_strings_reach_the_tensor_unchanged():
 
 
 def test_parse_errors_name_the_byte_offset():
-    err = error_of(json_codec.parse_request, b'{"a": [1, 2,, 3]}')
+    err = error_of(rest_request.parse_request, b'{"a": [1, 2,, 3]}')
     assert err.message.startswith("JSON Parse error: ") and "at offset: 12" in err.message
 
 
@@ -132,38 +134,45 @@ def test_row_response_with_several_outputs_is_a_list_of_objects():
         "ids_bytes": np.array([b"\x00\xff", b"z"], dtype=object),
         "count": np.array([1, 2], dtype=np.int64),
     }
-    doc = json.loads(json_codec.encode_predict_response(outputs, row_format=True))
-    assert doc == {"predictions": [
-        {"scores": [0.25, 0.75], "classes": ["a", "b"], "ids_bytes": {"b64": "AP8="}, "count": 1},
-        {"scores": [1.0, 0.0], "classes": ["c", "d"], "ids_bytes": {"b64": "eg=="}, "count": 2},
-    ]}
+    doc = json.loads(rest_response.encode_predict_response(outputs, row_format=True))
+    assert doc == {
+        "predictions": [
+            {"scores": [0.25, 0.75], "classes": ["a", "b"], "ids_bytes": {"b64": "AP8="}, "count": 1},
+            {"scores": [1.0, 0.0], "classes": ["c", "d"], "ids_bytes": {"b64": "eg=="}, "count": 2},
+        ]
+    }
 
 
 def test_columnar_response_with_several_outputs_is_an_object():
     outputs = {"a": np.array(3.0, dtype=np.float32), "b": np.array([[True, False]])}
-    raw = json_codec.encode_predict_response(outputs, row_format=False)
+    raw = rest_response.encode_predict_response(outputs, row_format=False)
     assert raw == b'{"outputs":{"a":3.0,"b":[[true,false]]}}'
 
 
 def test_row_response_needs_a_shared_batch_dimension():
-    err = error_of(json_codec.encode_predict_response,
-                   {"a": np.zeros(2, np.float32), "b": np.zeros(3, np.float32)}, True)
+    err = error_of(
+        rest_response.encode_predict_response,
+        {"a": np.zeros(2, np.float32), "b": np.zeros(3, np.float32)},
+        True,
+    )
     assert "Tensor name: b has inconsistent batch size: 3 expecting: 2" in err.message
-    err = error_of(json_codec.encode_predict_response, {"a": np.array(1.0, np.float32)}, True)
+    err = error_of(rest_response.encode_predict_response, {"a": np.array(1.0, np.float32)}, True)
     assert "Tensor name: a has no shape information" in err.message
 
 
 def test_non_finite_floats_use_tokens_in_every_position():
-    outputs = {"y": np.array([[np.nan, 1.5], [np.inf, -np.inf]], dtype=np.float32),
-               "z": np.array([0, 1], dtype=np.int32)}
-    raw = json_codec.encode_predict_response(outputs, row_format=True)
+    outputs = {
+        "y": np.array([[np.nan, 1.5], [np.inf, -np.inf]], dtype=np.float32),
+        "z": np.array([0, 1], dtype=np.int32),
+    }
+    raw = rest_response.encode_predict_response(outputs, row_format=True)
     assert raw == b'{"predictions":[{"y":[NaN,1.5],"z":0},{"y":[Infinity,-Infinity],"z":1}]}'
-    raw = json_codec.encode_predict_response({"y": outputs["y"]}, row_format=False)
+    raw = rest_response.encode_predict_response({"y": outputs["y"]}, row_format=False)
     assert raw == b'{"outputs":[[NaN,1.5],[Infinity,-Infinity]]}'
 
 
 def test_non_utf8_string_outputs_are_replaced_not_dropped():
-    raw = json_codec.encode_predict_response({"label": np.array([b"ok\xff"], dtype=object)}, True)
+    raw = rest_response.encode_predict_response({"label": np.array([b"ok\xff"], dtype=object)}, True)
     assert json.loads(raw) == {"predictions": ["ok\ufffd"]}
 
 
@@ -177,11 +186,11 @@ def parse_example(serialized: bytes) -> example_pb2.Example:
 
 
 def test_example_feature_kinds():
-    doc = json_codec.parse_request(
+    doc = rest_request.parse_request(
         b'{"examples": [{"i": 2, "f": [2.0, 1e3], "b": [true, false], "s": "t", '
         b'"raw": {"b64": "AQI="}, "empty": []}]}'
     )
-    (serialized,) = json_codec.serialized_examples(doc)
+    (serialized,) = rest_examples.serialized_examples(doc)
     feature = parse_example(serialized).features.feature
     assert list(feature["i"].int64_list.value) == [2]
     assert list(feature["f"].float_list.value) == [2.0, 1000.0]
@@ -192,9 +201,11 @@ def test_example_feature_kinds():
 
 
 def test_context_is_serialized_before_each_example():
-    doc = json_codec.parse_request(b'{"context": {"c": 1, "x": 0.5}, "examples": [{"x": 2.0}, {}]}')
-    rows = json_codec.serialized_examples(doc)
-    context = json_codec.serialized_examples(json_codec.parse_request(b'{"examples": [{"c": 1, "x": 0.5}]}'))[0]
+    doc = rest_request.parse_request(b'{"context": {"c": 1, "x": 0.5}, "examples": [{"x": 2.0}, {}]}')
+    rows = rest_examples.serialized_examples(doc)
+    context = rest_examples.serialized_examples(
+        rest_request.parse_request(b'{"examples": [{"c": 1, "x": 0.5}]}')
+    )[0]
     assert all(row.startswith(context) for row in rows)
     merged = [parse_example(row).features.feature for row in rows]
     assert [list(m["x"].float_list.value) for m in merged] == [[2.0], [0.5]]
@@ -202,24 +213,29 @@ def test_context_is_serialized_before_each_example():
 
 
 def test_example_integer_beyond_int64_is_rejected():
-    doc = json_codec.parse_request(b'{"examples": [{"i": 9223372036854775808}]}')
-    err = error_of(json_codec.serialized_examples, doc)
+    doc = rest_request.parse_request(b'{"examples": [{"i": 9223372036854775808}]}')
+    err = error_of(rest_examples.serialized_examples, doc)
     assert "Feature: i has uint64 element. Only int64 is supported." in err.message
 
 
 def test_classify_and_regress_results():
     scores = np.array([[0.5, 0.25]], dtype=np.float32)
     classes = np.array([[b"sport", b"tech"]], dtype=object)
-    assert json.loads(json_codec.encode_classify_response(classes, scores)) == {
-        "results": [[["sport", 0.5], ["tech", 0.25]]]}
-    assert json_codec.encode_classify_response(None, np.array([[3.0]], np.float32)) == \
-        b'{"results":[[["",3.0]]]}'
-    assert json_codec.encode_classify_response(classes, None) == \
-        b'{"results":[[["sport",0.0],["tech",0.0]]]}'
-    assert json_codec.encode_regress_response(np.array([3.0, np.nan], np.float32)) == \
-        b'{"results":[3.0,NaN]}'
+    assert json.loads(rest_response.encode_classify_response(classes, scores)) == {
+        "results": [[["sport", 0.5], ["tech", 0.25]]]
+    }
+    assert (
+        rest_response.encode_classify_response(None, np.array([[3.0]], np.float32))
+        == b'{"results":[[["",3.0]]]}'
+    )
+    assert (
+        rest_response.encode_classify_response(classes, None) == b'{"results":[[["sport",0.0],["tech",0.0]]]}'
+    )
+    assert (
+        rest_response.encode_regress_response(np.array([3.0, np.nan], np.float32)) == b'{"results":[3.0,NaN]}'
+    )
 
 
 def test_error_body_is_exactly_one_key():
-    assert json.loads(json_codec.encode_error('bad "x"\n')) == {"error": 'bad "x"\n'}
-    assert json.loads(json_codec.encode_error("\udcff")) == {"error": "\udcff"}
+    assert json.loads(rest_response.encode_error('bad "x"\n')) == {"error": 'bad "x"\n'}
+    assert json.loads(rest_response.encode_error("\udcff")) == {"error": "\udcff"}
