@@ -63,6 +63,9 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path):
     assert unknown.returncode == 2 and "valid keys" in unknown.stderr
     missing = _textserve("predict", "--model", str(tmp_path), "hello")
     assert missing.returncode == 2 and "no SavedModel here" in missing.stderr
+    # Expected failures are one `textserve: error:` line, never a traceback.
+    for result in (failed, unknown, missing):
+        assert result.stderr.count("textserve: error:") == 1 and "Traceback" not in result.stderr
 
 
 def test_data_fetch_from_local_archive_and_offline(bbc_path, tmp_path):
@@ -87,7 +90,7 @@ def test_data_fetch_from_local_archive_and_offline(bbc_path, tmp_path):
         "--timeout",
         "5",
     )
-    assert offline.returncode == 1 and "--data" in offline.stderr
+    assert offline.returncode == 1 and "--data" in offline.stderr and "Traceback" not in offline.stderr
 
 
 def test_bbc_tfidf_reaches_target_accuracy(bbc_run):
