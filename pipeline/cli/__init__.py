@@ -22,6 +22,7 @@ import importlib
 import sys
 
 from pipeline.cli.common import fail
+from pipeline.cli.quiet import import_tensorflow_quietly
 from pipeline.errors import EXIT_INTERRUPTED, TextserveError
 
 # Modules that define `register(subparsers)`; order is the order in --help.
@@ -38,12 +39,34 @@ _PASSTHROUGH = {
 }
 
 
+def version_text() -> str:
+    """`textserve --version`: this package and the TensorFlow / TF Serving API versions it works with."""
+    from importlib import metadata
+
+    def installed(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (
+        f"textserve {installed('textserve')}\n"
+        f"tensorflow {installed('tensorflow')}, tensorflow-text {installed('tensorflow-text')}\n"
+        f"speaks the TensorFlow Serving API of tensorflow-serving-api {installed('tensorflow-serving-api')}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the full `textserve` parser with every registered sub-command."""
     parser = argparse.ArgumentParser(
         prog="textserve",
         description="Train, export, serve and score a text classifier whose "
         "preprocessing lives inside one TensorFlow SavedModel.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps --version's lines
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show TensorFlow's own start-up and C++ log lines"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     subparsers.add_parser(
@@ -65,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = getattr(importlib.import_module(module_name), function_name)
         return entry(argv[1:], prog=f"textserve {argv[0]}")
     args = build_parser().parse_args(argv)
+    import_tensorflow_quietly(args.verbose)
     try:
         return args.run(args) or 0
     except TextserveError as error:
