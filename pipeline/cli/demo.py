@@ -100,7 +100,7 @@ def _run_demo(args) -> int:
             f"macro-F1 {test['macro_f1']:.4f}"
         )
 
-    from serving.client import TextClassifierClient
+    from pipeline.client import TextClassifierClient
 
     server = _start_server(args, export_dir)
     try:
