@@ -19,28 +19,13 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving.errors import code_name_for_http
+
 # TF Serving accepts messages up to INT32_MAX each way; grpcio's 4 MB receive
 # default would fail on large batches, so the client lifts it to match.
 MAX_GRPC_MESSAGE_BYTES = 2**31 - 1
 # Idle keep-alive REST connections kept for reuse.
 REST_POOL_SIZE = 8
-
-# The canonical code a REST status stands for (TF Serving's mapping, read backwards;
-# 400 also covers FAILED_PRECONDITION and OUT_OF_RANGE, 500 also INTERNAL/DATA_LOSS).
-CODE_FOR_HTTP = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    413: "RESOURCE_EXHAUSTED",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    500: "UNKNOWN",
-    501: "UNIMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 
 # A checked tf.Example: feature name → list of bytes, of ints or of floats.
 Features = dict[str, list]
@@ -321,7 +306,7 @@ class RestTransport:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             message = data.decode("utf-8", "replace").strip() or f"HTTP {status} with an empty body"
         raise ClientError(
-            CODE_FOR_HTTP.get(status, "UNKNOWN"), message, request=self.describe(method), http_status=status
+            code_name_for_http(status), message, request=self.describe(method), http_status=status
         )
 
     def _exchange(self, method: str, verb: str, path: str, payload: bytes | None) -> tuple[int, bytes]:
