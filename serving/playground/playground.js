@@ -94,12 +94,19 @@ async function selectTarget() {
   state.input = inputs[0];
   state.outputs = pickOutputs(signature.outputs);
   $("answering").textContent = `version ${meta.model_spec.version}, serving_default(${state.input})`;
-  // Class names, in the order of the probabilities: one classify call on an empty example.
+  // Class names, in the order of the probabilities: one classify call on an empty example,
+  // to a classification signature that reads the same feature as serving_default's input.
   state.classNames = null;
-  try {
-    const answer = await call("POST", `${state.base}:classify`, { examples: [{ [state.input]: "" }] });
-    state.classNames = answer.results[0].map((pair) => pair[0]);
-  } catch (e) { /* no classify signature: bars are numbered instead */ }
+  const signatures = meta.metadata.signature_def.signature_def;
+  const classify = Object.keys(signatures).sort().find(
+    (name) => signatures[name].method_name === "tensorflow/serving/classify");
+  if (classify) {
+    try {
+      const request = { signature_name: classify, examples: [{ [state.input]: "" }] };
+      const answer = await call("POST", `${state.base}:classify`, request);
+      state.classNames = answer.results[0].map((pair) => pair[0]);
+    } catch (e) { /* it reads other features: the bars are numbered instead */ }
+  }
   $("predict").disabled = false;
 }
 

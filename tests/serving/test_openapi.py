@@ -11,6 +11,7 @@ and checks every answer against it.
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -185,6 +186,14 @@ def test_live_document_matches_the_offline_one(served, live_document, tiny_run):
     for path in tiny_paths:
         if "{label}" not in path:
             assert tiny_paths[path] == offline_paths[path], path
+
+
+def test_playground_is_off_by_default(served):
+    for path in (routes.PLAYGROUND_PATH, routes.PLAYGROUND_ASSET_PREFIX + "playground.js"):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"{served.rest_url}{path}", timeout=30)
+        assert raised.value.code == 404
+        assert raised.value.headers["Content-Type"] != "application/json"  # TF Serving's plain 404
 
 
 def test_schemathesis_finds_no_failure(served, live_document):
