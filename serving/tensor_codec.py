@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -210,7 +211,7 @@ def _shape_of(shape_proto: tensor_shape_pb2.TensorShapeProto) -> tuple[tuple[int
     return dims, count
 
 
-def _typed_values(proto: tensor_pb2.TensorProto, info: _DtypeInfo) -> tuple[object, int]:
+def _typed_values(proto: tensor_pb2.TensorProto, info: _DtypeInfo) -> tuple[Any, int]:
     """The typed field holding the values and how many elements it gives."""
     values = getattr(proto, info.field)
     n = len(values)
