@@ -31,6 +31,7 @@ import argparse
 import base64
 import contextlib
 import fcntl
+import importlib.metadata
 import json
 import os
 import random
@@ -152,21 +153,33 @@ def ensure_venv(
     wanted = {"requirements": list(requirements)}
     with _locked(venv_dir.with_name(venv_dir.name + ".lock")):
         marker = venv_dir / _MARKER
-        if python.exists() and marker.is_file() and json.loads(marker.read_text("utf-8")) == wanted:
+        if python.exists() and _read_marker(marker) == wanted:
             return python, True
-        shutil.rmtree(venv_dir, ignore_errors=True)
+        if venv_dir.exists() and any(venv_dir.iterdir()) and not (venv_dir / "pyvenv.cfg").is_file():
+            raise CheckError(f"{venv_dir} exists and is not a venv; pass --venv with a path of its own")
+        shutil.rmtree(venv_dir, ignore_errors=True)  # half-built, or other versions
         print(f"installing {' '.join(requirements)} into {venv_dir} (about a minute) ...", flush=True)
         steps = [
             [base_python, "-m", "venv", str(venv_dir)],
             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
         ]
         for step in steps:
-            completed = subprocess.run(step, capture_output=not verbose, text=True)
+            try:
+                completed = subprocess.run(step, capture_output=not verbose, text=True)
+            except OSError as error:
+                raise CheckError(f"cannot run {step[0]}: {error.strerror}") from error
             if completed.returncode != 0:
                 tail = "\n".join((completed.stderr or "").splitlines()[-10:])
                 raise CheckError(f"`{' '.join(step)}` failed (exit {completed.returncode}):\n{tail}")
         marker.write_text(json.dumps(wanted) + "\n", "utf-8")
     return python, False
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def run_worker(python: Path, job: dict, work_dir: Path) -> dict:
@@ -202,12 +215,32 @@ class ExportReport:
 
 
 def check_export(
-    version_dir: Path, python: Path, work_dir: Path, tolerance: float, load_text_ops: bool
+    version_dir: Path,
+    python: Path,
+    work_dir: Path,
+    tolerance: float,
+    load_text_ops: bool,
+    expected_versions: tuple[str, str] | None = None,
 ) -> ExportReport:
-    """Loads one export under the image runtime and compares it with this process's answers."""
+    """Loads one export under the image runtime and compares it with this process's answers.
+
+    Args:
+      version_dir: the export version to check.
+      python: the interpreter whose TensorFlow plays the image's.
+      work_dir: where job and result files go.
+      tolerance: the largest |Δp| allowed.
+      load_text_ops: register tensorflow-text's kernels first, as TF Serving links them.
+      expected_versions: (tensorflow, tensorflow-text) the runtime must report, if known.
+
+    Returns:
+      The findings; `passed` is False on any failure described in the module docstring.
+    """
     from serving.compat import probe  # TensorFlow is imported only once there is work
 
-    calls = probe.build_calls(version_dir, probe.DOCUMENTS)
+    try:
+        calls = probe.build_calls(version_dir, probe.DOCUMENTS)
+    except probe.ProbeError as error:
+        raise CheckError(str(error)) from error
     result = run_worker(python, probe.worker_job(version_dir, calls, load_text_ops), work_dir)
     summary: dict = {"export": str(version_dir)}
     for key in ("tensorflow", "tensorflow_text", "load_seconds", "error"):
@@ -226,10 +259,17 @@ def check_export(
         if failed_libraries:
             lines.append(f"     tensorflow-text libraries that did not load: {failed_libraries}")
     if "error" in result:
-        error = result["error"]
-        lines.append(f"FAIL {error['stage']}: {error['message'].strip().splitlines()[0][:400]}")
+        failure = result["error"]
+        lines.append(f"FAIL {failure['stage']}: {failure['message'].strip().splitlines()[0][:400]}")
         return ExportReport(str(version_dir), False, lines, None, summary)
-    lines.append(f"loaded by TF_LoadSessionFromSavedModel in {result['load_seconds']:.2f} s")
+    found = (result["tensorflow"], result["tensorflow_text"])
+    lines.append(
+        f"loaded by TF_LoadSessionFromSavedModel of TensorFlow {found[0]} (tensorflow-text {found[1]}) "
+        f"in {result['load_seconds']:.2f} s"
+    )
+    if expected_versions and found != expected_versions:
+        lines.append(f"FAIL the runtime has {found}, not the image's {expected_versions}; delete its venv")
+        return ExportReport(str(version_dir), False, lines, None, summary)
     comparison = probe.compare(
         calls, probe.run_reference(version_dir, calls), probe.decode_worker_runs(result, calls), tolerance
     )
@@ -334,7 +374,7 @@ def run(args: argparse.Namespace, venv_root: Path) -> int:
         try:
             if args.runtime_python:
                 python = args.runtime_python
-                print(f"runtime: {python} (as given)")
+                print(f"runtime: {python} (as given: its own TensorFlow plays the image's)")
             else:
                 tag = f"{release}-py{sys.version_info.major}.{sys.version_info.minor}"
                 python, reused = ensure_venv(
@@ -348,7 +388,10 @@ def run(args: argparse.Namespace, venv_root: Path) -> int:
                 )
             reports = []
             for label, version_dir in exports:
-                report = check_export(version_dir, python, work_dir, args.tolerance, not args.no_text_ops)
+                expected = None if args.runtime_python else (runtime.tensorflow, runtime.tensorflow_text)
+                report = check_export(
+                    version_dir, python, work_dir, args.tolerance, not args.no_text_ops, expected
+                )
                 reports.append(report)
                 print(f"{'PASS' if report.passed else 'FAIL'} {label}")
                 print("\n".join(f"  {line}" for line in report.lines))
@@ -359,8 +402,10 @@ def run(args: argparse.Namespace, venv_root: Path) -> int:
     passed = all(r.passed for r in reports)
     verdict = "PASS" if passed else "FAIL"
     overall = f"max |Δp| {max(deltas):.2e}" if deltas else "no answers compared"
+    here = importlib.metadata.version("tensorflow")
+    seconds = time.monotonic() - started
     print(
-        f"{verdict}: TF Serving {release} vs TensorFlow here, {len(reports)} export(s), {overall} ({time.monotonic() - started:.0f} s)"
+        f"{verdict}: TF Serving {release} vs TensorFlow {here} here, {len(reports)} export(s), {overall} ({seconds:.0f} s)"
     )
     if args.json:
         findings = {

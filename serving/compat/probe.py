@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 from tensorflow.core.framework import op_def_pb2, tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -98,6 +99,8 @@ def read_meta_graph(version_dir: Path) -> meta_graph_pb2.MetaGraphDef:
         raise ProbeError(
             f"{path}: cannot read it ({error.strerror}); pass an export version directory"
         ) from error
+    except message.DecodeError as error:
+        raise ProbeError(f"{path}: not a SavedModel ({error}); re-export it") from error
     for meta_graph in saved_model.meta_graphs:
         if SERVE_TAG in meta_graph.meta_info_def.tags:
             return meta_graph

@@ -84,6 +84,42 @@ def test_read_pin_refuses_a_missing_or_floating_pin(tmp_path, text):
         image_runtimes.read_pin(path)
 
 
+# --- the throw-away venv ----------------------------------------------------------
+
+
+def _fake_venv(path: Path, requirements: list[str]) -> Path:
+    (path / "bin").mkdir(parents=True)
+    (path / "bin" / "python").symlink_to(sys.executable)
+    (path / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (path / check_runtime._MARKER).write_text(json.dumps({"requirements": requirements}))
+    return path
+
+
+def test_a_venv_with_the_same_versions_is_reused(tmp_path):
+    venv = _fake_venv(tmp_path / "venv", ["tensorflow==2.20.0", "tensorflow-text==2.20.0"])
+    # A base python that does not exist: reusing must not create anything.
+    python, reused = check_runtime.ensure_venv(
+        ["tensorflow==2.20.0", "tensorflow-text==2.20.0"], venv, "/nonexistent/python3", verbose=False
+    )
+    assert reused and python == venv / "bin" / "python"
+
+
+def test_a_venv_of_other_versions_is_rebuilt(tmp_path):
+    venv = _fake_venv(tmp_path / "venv", ["tensorflow==2.19.0"])
+    with pytest.raises(check_runtime.CheckError, match="/nonexistent/python3"):
+        check_runtime.ensure_venv(["tensorflow==2.20.0"], venv, "/nonexistent/python3", verbose=False)
+    assert not (venv / check_runtime._MARKER).exists(), "the old venv is gone, the new one not marked done"
+
+
+def test_a_directory_that_is_not_a_venv_is_never_replaced(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(check_runtime.CheckError, match="not a venv"):
+        check_runtime.ensure_venv(["tensorflow==2.20.0"], mine, sys.executable, verbose=False)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
 # --- the comparison, with this TensorFlow as the "image" runtime ----------------
 
 
