@@ -62,7 +62,10 @@ class _Output(ctypes.Structure):
     _fields_ = [("oper", ctypes.c_void_p), ("index", ctypes.c_int)]
 
 
-class RuntimeError_(Exception):
+_OutputPtr, _PtrPtr = ctypes.POINTER(_Output), ctypes.POINTER(ctypes.c_void_p)
+
+
+class StageError(Exception):
     """A failure at one stage of the check, reported to the caller as data."""
 
     def __init__(self, stage: str, message: str):
@@ -73,7 +76,7 @@ class RuntimeError_(Exception):
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError_("setup", f"package {name} is not installed in {sys.prefix}")
+        raise StageError("setup", f"package {name} is not installed in {sys.prefix}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -89,7 +92,6 @@ class CApi:
         signatures = {
             "TF_Version": (c_char_p, []),
             "TF_NewStatus": (p, []),
-            "TF_DeleteStatus": (None, [p]),
             "TF_GetCode": (c_int, [p]),
             "TF_Message": (c_char_p, [p]),
             "TF_LoadLibrary": (p, [c_char_p, p]),
@@ -104,22 +106,11 @@ class CApi:
                 [p, p, c_char_p, ctypes.POINTER(c_char_p), c_int, p, ctypes.POINTER(_Buffer), p],
             ),
             "TF_GraphOperationByName": (p, [p, c_char_p]),
+            # session, run options, inputs, input values, n inputs, outputs, output values,
+            # n outputs, target operations, n targets, run metadata, status
             "TF_SessionRun": (
                 None,
-                [
-                    p,
-                    p,
-                    ctypes.POINTER(_Output),
-                    ctypes.POINTER(p),
-                    c_int,
-                    ctypes.POINTER(_Output),
-                    ctypes.POINTER(p),
-                    c_int,
-                    p,
-                    c_int,
-                    p,
-                    p,
-                ],
+                [p, p, _OutputPtr, _PtrPtr, c_int, _OutputPtr, _PtrPtr, c_int, p, c_int, p, p],
             ),
             "TF_AllocateTensor": (p, [c_int, ctypes.POINTER(ctypes.c_int64), c_int, c_size]),
             "TF_TensorFromProto": (None, [ctypes.POINTER(_Buffer), p, p]),
@@ -146,9 +137,9 @@ class CApi:
             raise AttributeError(f"the check does not bind {name} of TensorFlow's C API") from None
 
     def check(self, status, stage: str) -> None:
-        """Raises RuntimeError_ when `status` holds an error."""
+        """Raises StageError when `status` holds an error."""
         if self.TF_GetCode(status) != 0:
-            raise RuntimeError_(stage, self.TF_Message(status).decode("utf-8", "replace"))
+            raise StageError(stage, self.TF_Message(status).decode("utf-8", "replace"))
 
 
 def load_op_libraries(api: CApi, status) -> dict[str, str]:
@@ -170,7 +161,7 @@ def _to_output(api: CApi, graph, name: str, stage: str) -> _Output:
     op_name, _, index = name.rpartition(":")
     oper = api.TF_GraphOperationByName(graph, op_name.encode())
     if not oper:
-        raise RuntimeError_(stage, f"the loaded graph has no operation {op_name!r} (tensor {name})")
+        raise StageError(stage, f"the loaded graph has no operation {op_name!r} (tensor {name})")
     return _Output(oper, int(index))
 
 
@@ -200,7 +191,7 @@ def _tensor_to_json(api: CApi, tensor) -> dict:
         raw = ctypes.string_at(data, api.TF_TensorByteSize(tensor))
         values = list(struct.unpack(f"={count}{_NUMERIC_FORMATS[dtype]}", raw))  # native layout
     else:
-        raise RuntimeError_("output", f"output dtype {dtype} is not one the check decodes")
+        raise StageError("output", f"output dtype {dtype} is not one the check decodes")
     return {"dtype": dtype, "shape": shape, "values": values}
 
 
@@ -279,7 +270,7 @@ def main(argv: list[str]) -> int:
     result: dict = {}
     try:
         run_job(job, result)
-    except RuntimeError_ as error:
+    except StageError as error:
         result["error"] = {"stage": error.stage, "message": str(error)}
     except OSError as error:  # a shared library that does not load
         result["error"] = {"stage": "setup", "message": str(error)}
