@@ -33,15 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DataConfig, SplitConfig
+from pipeline.errors import DataError
 
 # csv's default field limit (128 KiB) is smaller than some real documents.
 csv.field_size_limit(2**31 - 1)
 
 SPLITS = ("train", "validation", "test")
-
-
-class DataError(ValueError):
-    """Input that cannot be used; the message names the file and line."""
 
 
 @dataclass(frozen=True)

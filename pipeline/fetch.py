@@ -18,13 +18,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.errors import FetchError
+
 BBC_URL = "http://mlg.ucd.ie/files/datasets/bbc-fulltext.zip"
 BBC_DOCUMENTS = 2225
 BBC_CLASSES = ("business", "entertainment", "politics", "sport", "tech")
-
-
-class FetchError(RuntimeError):
-    """The dataset could not be downloaded or is not what it should be."""
 
 
 def check_bbc(root: Path) -> Path:

@@ -41,17 +41,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
 
 from model.export import ExportedModel
+from pipeline.errors import InfraValidationError
 from preprocessing import names
 
 _POLL_S = 0.25
 _REQUEST_TIMEOUT_S = 60.0
 _LOG_TAIL_CHARS = 3000
-
-
-class InfraValidationError(RuntimeError):
-    """The candidate did not load or did not answer correctly in the serving binary."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

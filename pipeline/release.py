@@ -77,7 +77,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from model.export import ExportedModel, resolve_version_dir
 from pipeline.config import PipelineConfig, ReleaseConfig
-from pipeline.data import DataError, Dataset, ingest
+from pipeline.data import Dataset, ingest
+from pipeline.errors import DataError, GateRefused, ReleaseError
 from pipeline.evaluate import evaluate_export
 from preprocessing import names
 
@@ -95,27 +96,6 @@ _REMOTE_LOCK_SETTLE_S = 1.0
 # Filesystems whose directory rename is atomic (see the module docstring).
 _ATOMIC_RENAME_SCHEMES = ("", "file", "hdfs", "viewfs")
 _LABEL_PATTERN = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-class ReleaseError(RuntimeError):
-    """A push, rollback or label cannot proceed; the message says why and what to do.
-
-    Attributes:
-      exit_code: 2 for unusable input (no export, corrupt model, bad path),
-        1 for a refusal (gate, infra validation, lock held).
-    """
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class GateRefused(ReleaseError):
-    """The candidate is below a threshold or worse than the served baseline."""
-
-    def __init__(self, message: str, comparison: Comparison):
-        super().__init__(message, exit_code=1)
-        self.comparison = comparison
 
 
 # --- Paths on any filesystem ---------------------------------------------------------------

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import orjson
 
-from pipeline.scoring import RunStopped, ScoringError
+from pipeline.errors import RunStopped, ScoringError
 from preprocessing import names
 
 _RETRIES = 4

@@ -52,7 +52,8 @@ import numpy as np
 import orjson
 
 from pipeline.config import DataConfig
-from pipeline.data import DataError, Record, _open_text, _repair, read_delimited, read_folder, read_jsonl
+from pipeline.data import Record, _open_text, _repair, read_delimited, read_folder, read_jsonl
+from pipeline.errors import DataError, ScoringError
 from preprocessing import names
 
 INPUT_FORMATS = ("auto", "text", "csv", "tsv", "jsonl", "tfrecord", "folder")
@@ -76,14 +77,6 @@ _EXTENSIONS = {
 _READER_CHUNK = 256
 # Batches predicted ahead of the writer. Bounded, so memory does not grow with the input.
 _PREFETCH_BATCHES = 2
-
-
-class ScoringError(RuntimeError):
-    """A problem that stops the run (bad input file, bad model, bad options); says what to do."""
-
-
-class RunStopped(ScoringError):
-    """A failure mid-run that is not about one record (server gone, disk full); --resume continues."""
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,13 @@ from model.export import ExportedModel, export, write_model_card, write_warmup_r
 from model.network import TextClassifier
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, ingest, split_ids, write_json
+from pipeline.errors import VerificationError
 from pipeline.evaluate import evaluate_export
 from pipeline.plots import plot_confusion_matrix, plot_history
 from preprocessing import names
 
 # Documents per preprocessing batch when building the cached feature datasets.
 _PREPROCESS_BATCH = 256
-
-
-class VerificationError(RuntimeError):
-    """The reloaded SavedModel does not answer like the model that was saved."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import DataError, ingest, split_ids
+from pipeline.data import ingest, split_ids
+from pipeline.errors import DataError
 
 
 def _folder(root, docs):

@@ -32,8 +32,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pipeline import release
 from pipeline.config import PipelineConfig, load_config
-from pipeline.infra_validation import InfraValidationError, find_model_server
-from pipeline.release import PushOptions, ReleaseError
+from pipeline.errors import InfraValidationError, ReleaseError
+from pipeline.infra_validation import find_model_server
+from pipeline.release import PushOptions
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES
 
 SKIP_INFRA = PushOptions(infra_validation=None, reason="unit test: infra validation has its own tests")

@@ -6,7 +6,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES
+
+# Every test here runs `textserve` as a process (TensorFlow start-up each time).
+pytestmark = pytest.mark.e2e
 
 
 def _textserve(*args, input_text=None, timeout=300):
@@ -63,6 +68,9 @@ def test_bad_inputs_fail_with_clear_messages(tmp_path):
     assert unknown.returncode == 2 and "valid keys" in unknown.stderr
     missing = _textserve("predict", "--model", str(tmp_path), "hello")
     assert missing.returncode == 2 and "no SavedModel here" in missing.stderr
+    # Expected failures are one `textserve: error:` line, never a traceback.
+    for result in (failed, unknown, missing):
+        assert result.stderr.count("textserve: error:") == 1 and "Traceback" not in result.stderr
 
 
 def test_data_fetch_from_local_archive_and_offline(bbc_path, tmp_path):
@@ -87,7 +95,7 @@ def test_data_fetch_from_local_archive_and_offline(bbc_path, tmp_path):
         "--timeout",
         "5",
     )
-    assert offline.returncode == 1 and "--data" in offline.stderr
+    assert offline.returncode == 1 and "--data" in offline.stderr and "Traceback" not in offline.stderr
 
 
 def test_bbc_tfidf_reaches_target_accuracy(bbc_run):
@@ -114,3 +122,36 @@ def test_demo_serves_the_export_and_answers_over_rest_and_grpc(tiny_run):
     grpc_line = next(line for line in shown.stdout.splitlines() if line.startswith("gRPC"))
     assert any(f"label={label} " in rest_line for label in labels)
     assert rest_line.split("label=")[1] == grpc_line.split("label=")[1]  # same label and score both ways
+
+
+def test_predict_is_quiet_and_version_answers(tiny_run):
+    # A user's shell: no TF_CPP_MIN_LOG_LEVEL, so the CLI's own quieting is what is tested.
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "pipeline.cli"]
+    export_dir = str(tiny_run.version_dir.parent)
+    quiet = subprocess.run(
+        [*command, "predict", "--model", export_dir, "The striker scored a goal"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert quiet.returncode == 0 and quiet.stdout.count("\t") == 1
+    assert quiet.stderr == ""
+    chatty = subprocess.run(
+        [*command, "--verbose", "predict", "--model", export_dir, "The striker scored a goal"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert chatty.returncode == 0 and chatty.stdout == quiet.stdout
+    assert "oneDNN" in chatty.stderr  # the notices the quiet mode hides are real
+    version = subprocess.run(
+        [*command, "--version"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env
+    )
+    assert version.returncode == 0
+    assert version.stdout.startswith("textserve ") and "tensorflow 2." in version.stdout
+    assert "tensorflow-serving-api" in version.stdout

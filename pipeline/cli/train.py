@@ -7,34 +7,13 @@ or the environment.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from pipeline.config import load_config, valid_keys
-
-_CONFIG_HELP = "TOML file with [section] tables (see README, 'Configuration')"
-_SET_HELP = "override one setting, e.g. --set model.arch=tfidf (repeatable)"
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
-    parser.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides", help=_SET_HELP
-    )
-
-
-def default_cache_dir() -> Path:
-    """Where downloaded datasets go: $XDG_CACHE_HOME/textserve, else ~/.cache/textserve."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "textserve"
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"textserve: error: {message}", file=sys.stderr)
-    return code
+from pipeline.cli.common import add_config_args, default_cache_dir, fail, load_config_from_args
+from pipeline.config import valid_keys
 
 
 def register(subparsers) -> None:
@@ -55,7 +34,7 @@ def register(subparsers) -> None:
     )
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<timestamp>)")
     train.add_argument("--quiet", action="store_true", help="no per-step Keras progress bars")
-    _add_config_args(train)
+    add_config_args(train)
     train.set_defaults(run=_run_train)
 
     evaluate = subparsers.add_parser(
@@ -72,7 +51,7 @@ def register(subparsers) -> None:
     )
     evaluate.add_argument("--data", required=True, metavar="PATH", help="labelled data, as for train")
     evaluate.add_argument("--output", metavar="FILE", help="also write the metrics as JSON")
-    _add_config_args(evaluate)
+    add_config_args(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
 
     predict = subparsers.add_parser(
@@ -107,21 +86,15 @@ def register(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from pipeline.data import DataError
-    from pipeline.train import VerificationError, train
+    from pipeline.train import train
 
-    try:
-        config = load_config(args.config, args.overrides)
-    except ValueError as error:
-        return _fail(str(error))
+    config = load_config_from_args(args)
     run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
     try:
         result = train(config, args.data, run_dir, verbose=verbose)
-    except (DataError, FileExistsError) as error:
-        return _fail(str(error))
-    except VerificationError as error:
-        return _fail(str(error), code=1)
+    except FileExistsError as error:  # the export refuses to overwrite a version
+        return fail(str(error))
     test = result.metrics["test"]
     print(
         f"\ndone in {result.seconds:.0f}s: test accuracy {test['accuracy']:.4f}, macro-F1 "
@@ -135,15 +108,15 @@ def _run_train(args) -> int:
 
 def _run_evaluate(args) -> int:
     from model.export import ExportedModel
-    from pipeline.data import DataError, ingest
+    from pipeline.data import ingest
     from pipeline.evaluate import evaluate_export, format_metrics
 
+    config = load_config_from_args(args)
     try:
-        config = load_config(args.config, args.overrides)
         model = ExportedModel(args.model)
-        data = ingest(args.data, config.data, deduplicate=False)
-    except (ValueError, FileNotFoundError, DataError) as error:
-        return _fail(str(error))
+    except FileNotFoundError as error:
+        return fail(str(error))
+    data = ingest(args.data, config.data, deduplicate=False)
     metrics = evaluate_export(model, data)
     metrics["data_report"] = {
         k: data.report[k] for k in ("records_read", "records_kept", "dropped_by_reason")
@@ -163,7 +136,7 @@ def _run_predict(args) -> int:
     try:
         model = ExportedModel(args.model)
     except FileNotFoundError as error:
-        return _fail(str(error))
+        return fail(str(error))
     outputs = model.predict(texts, args.batch_size)
     for label, score in zip(outputs.get(names.PREDICTED_LABEL, []), outputs.get(names.SCORE, [])):
         print(f"{label.decode('utf-8')}\t{score:.4f}")
@@ -171,11 +144,7 @@ def _run_predict(args) -> int:
 
 
 def _run_fetch(args) -> int:
-    from pipeline.fetch import BBC_URL, FetchError, fetch_bbc
+    from pipeline.fetch import BBC_URL, fetch_bbc
 
-    try:
-        path = fetch_bbc(args.cache_dir, args.url or BBC_URL, args.timeout)
-    except FetchError as error:
-        return _fail(str(error), code=1)
-    print(path)
+    print(fetch_bbc(args.cache_dir, args.url or BBC_URL, args.timeout))
     return 0

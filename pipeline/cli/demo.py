@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.commands import _add_config_args, _fail, default_cache_dir
+from pipeline.cli.common import add_config_args, default_cache_dir, fail
 
 _SAMPLE = (
     "Shares in the carmaker rose sharply after it reported record quarterly profits and raised "
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     demo.add_argument("--port", type=int, default=8500, help="gRPC port (default: 8500)")
     demo.add_argument("--rest_api_port", type=int, default=8501, help="REST port (default: 8501)")
     demo.add_argument("--exit", action="store_true", help="stop the server after the two calls")
-    _add_config_args(demo)
+    add_config_args(demo)
     demo.set_defaults(run=_run_demo)
 
 
@@ -73,10 +73,15 @@ def _start_server(args, export_dir: Path) -> subprocess.Popen:
 def _run_demo(args) -> int:
     from model.export import resolve_version_dir
     from pipeline.config import load_config
-    from pipeline.data import DataError
-    from pipeline.fetch import FetchError, fetch_bbc
+    from pipeline.errors import DataError, FetchError
+    from pipeline.fetch import fetch_bbc
     from pipeline.train import train
+    from serving.ports import busy_port_message, port_is_free
 
+    # Check the ports before training, not after a minute of it.
+    for port, what in ((args.port, "the gRPC"), (args.rest_api_port, "the REST")):
+        if not port_is_free(port):
+            return fail(busy_port_message(port, what) + " (demo: --port / --rest_api_port)")
     run_dir = Path(args.out)
     export_dir = run_dir / "export"
     try:
@@ -88,7 +93,7 @@ def _run_demo(args) -> int:
             data = args.data or fetch_bbc(default_cache_dir())
             result = train(config, data, run_dir, verbose=1 if sys.stdout.isatty() else 2)
         except (ValueError, DataError, FetchError, FileExistsError) as error:
-            return _fail(str(error))
+            return fail(str(error))
         test = result.metrics["test"]
         print(
             f"trained in {result.seconds:.0f}s: test accuracy {test['accuracy']:.4f}, "

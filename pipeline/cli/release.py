@@ -20,8 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.commands import _fail
+from pipeline.cli.common import fail
 from pipeline.config import load_config
+from pipeline.errors import GateRefused, InfraValidationError, ReleaseError
 
 _PUSH_DESCRIPTION = """\
 Publish RUN_DIR/export/<highest version> as a new version under PATH, the model base path
@@ -177,24 +178,24 @@ def _log(message: str) -> None:
 
 
 def _run_push(args) -> int:
-    from pipeline.infra_validation import InfraValidationError, find_model_server
-    from pipeline.release import GateRefused, PushOptions, ReleaseError, push
+    from pipeline.infra_validation import find_model_server
+    from pipeline.release import PushOptions, push
 
     not_release = [item for item in args.overrides if not item.strip().startswith("release.")]
     if not_release:
-        return _fail(
+        return fail(
             f"push only overrides release.* settings (the rest must stay as the run was "
             f"trained); received {not_release}."
         )
     config_file = Path(args.run_dir) / "config.toml"
     if not config_file.is_file():
-        return _fail(
+        return fail(
             f"{config_file} is missing: is {args.run_dir} a run directory written by textserve train?"
         )
     try:
         config = load_config(config_file, args.overrides)
     except ValueError as error:
-        return _fail(str(error))
+        return fail(str(error))
     if args.skip_infra_validation:
         server = None
     else:
@@ -211,21 +212,21 @@ def _run_push(args) -> int:
     try:
         push(args.run_dir, args.model_base_path, config, options, log=_log)
     except GateRefused as error:
-        return _fail(str(error), code=error.exit_code)
+        return fail(str(error), code=error.exit_code)
     except InfraValidationError as error:
-        return _fail(f"{error}\nnothing was pushed.", code=error.exit_code)
+        return fail(f"{error}\nnothing was pushed.", code=error.exit_code)
     except ReleaseError as error:
-        return _fail(str(error), code=error.exit_code)
+        return fail(str(error), code=error.exit_code)
     return 0
 
 
 def _run_list(args) -> int:
-    from pipeline.release import ReleaseError, format_versions, list_versions, normalize_base_path
+    from pipeline.release import format_versions, list_versions, normalize_base_path
 
     try:
         infos, notes = list_versions(args.base_path)
     except ReleaseError as error:
-        return _fail(str(error))
+        return fail(str(error))
     if args.json:
         for info in infos:
             print(json.dumps({"version": info.version, "complete": info.complete, "record": info.record}))
@@ -237,22 +238,22 @@ def _run_list(args) -> int:
 
 
 def _run_rollback(args) -> int:
-    from pipeline.release import ReleaseError, rollback
+    from pipeline.release import rollback
 
     try:
         rollback(args.base_path, args.to, reason=args.reason, lock_timeout_s=args.lock_timeout, log=_log)
     except ReleaseError as error:
-        return _fail(str(error), code=error.exit_code)
+        return fail(str(error), code=error.exit_code)
     return 0
 
 
 def _run_label(args) -> int:
-    from pipeline.release import ReleaseError, label_version
+    from pipeline.release import label_version
 
     try:
         result = label_version(args.base_path, args.model_config, args.label, args.version, args.model_name)
     except ReleaseError as error:
-        return _fail(str(error), code=error.exit_code)
+        return fail(str(error), code=error.exit_code)
     for message in result.messages:
         print(message)
     return 0

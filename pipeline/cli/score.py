@@ -11,13 +11,16 @@
 This module only turns flags into the frozen `ScoreConfig` and picks the
 runner; `pipeline/scoring.py` (tf.data), `pipeline/remote_scoring.py`
 (--server) and `pipeline/beam_scoring.py` (--runner beam) do the work.
+Failures that stop the job before it runs (`ScoringError`) reach
+`pipeline.cli.main`, which prints them and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.commands import _fail
+from pipeline.cli.common import column, fail
+from pipeline.errors import RunStopped
 from pipeline.scoring import INPUT_FORMATS, OUTPUT_FORMATS
 
 _EPILOG = """\
@@ -31,11 +34,6 @@ exit status: 0 when the job ran (even with bad records, see the errors file),
 2 when it could not start (unreadable input, invalid model, unreachable server,
 bad options), 1 when it stopped mid-run (rerun with --resume).
 """
-
-
-def _column(value: str) -> str | int:
-    """A column given by name, or by 0-based index when it is all digits."""
-    return int(value) if value.isdigit() else value
 
 
 def register(subparsers) -> None:
@@ -87,7 +85,7 @@ def register(subparsers) -> None:
     )
     reading.add_argument(
         "--text-column",
-        type=_column,
+        type=column,
         action="append",
         metavar="NAME",
         help="CSV/TSV column, JSON key or tf.Example bytes feature with the text; repeat to "
@@ -95,14 +93,14 @@ def register(subparsers) -> None:
     )
     reading.add_argument(
         "--id-column",
-        type=_column,
+        type=column,
         default="",
         metavar="NAME",
         help="column / key / feature with document ids (default: FILE:LINE)",
     )
     reading.add_argument(
         "--label-column",
-        type=_column,
+        type=column,
         default="",
         metavar="NAME",
         help="column / key / feature with reference labels: the summary then gives accuracy "
@@ -175,7 +173,7 @@ def register(subparsers) -> None:
 
 
 def _run_score(args) -> int:
-    from pipeline.scoring import RunStopped, ScoreConfig, ScoringError, run_scoring
+    from pipeline.scoring import ScoreConfig, run_scoring
 
     try:
         config = ScoreConfig(
@@ -201,31 +199,29 @@ def _run_score(args) -> int:
             progress=args.progress,
         )
     except ValueError as error:
-        return _fail(str(error))
+        return fail(str(error))
     if args.runner == "beam":
         return _run_beam(config, args.beam_args)
     if args.beam_args:
-        return _fail("--beam-args needs --runner beam.")
+        return fail("--beam-args needs --runner beam.")
     try:
         run_scoring(config)
     except RunStopped as error:
-        return _fail(f"{error}\ncompleted shards are kept; rerun with --resume to continue.", code=1)
-    except ScoringError as error:
-        return _fail(str(error))
+        return fail(
+            f"{error}\ncompleted shards are kept; rerun with --resume to continue.", code=error.exit_code
+        )
     except KeyboardInterrupt:
-        return _fail("interrupted; completed shards are kept, rerun with --resume to continue.", code=130)
+        return fail("interrupted; completed shards are kept, rerun with --resume to continue.", code=130)
     return 0
 
 
 def _run_beam(config, beam_args: str) -> int:
-    from pipeline.scoring import ScoringError
-
     try:
         from pipeline.beam_scoring import run_beam_scoring
     except ImportError as error:
-        return _fail(f"--runner beam needs Apache Beam: pip install '.[beam]' ({error}).")
+        return fail(f"--runner beam needs Apache Beam: pip install '.[beam]' ({error}).")
     try:
         run_beam_scoring(config, beam_args)
-    except (ScoringError, ValueError) as error:
-        return _fail(str(error))
+    except ValueError as error:  # Beam's own option errors
+        return fail(str(error))
     return 0
