@@ -98,7 +98,7 @@ class ModelManager:
 
     def version_labels(self, name: str) -> dict[str, int]:
         """A model's version labels (label → version), as configured."""
-        return dict(self._labels.get(name, {}))
+        return self.repository.version_labels(name)
 
     def model_status(self, name: str, version: int | None = None):
         """GetModelStatus; see `ModelRepository.model_status`.

@@ -281,6 +281,10 @@ class ModelRepository:
         """AVAILABLE versions of a model, highest first."""
         return sorted(self._routes.get(name, {}), reverse=True)
 
+    def version_labels(self, name: str) -> dict[str, int]:
+        """A model's version labels (label → version), as configured."""
+        return dict(self._labels.get(name, {}))
+
     def model_status(self, name: str, version: int | None = None):
         """GetModelStatus: the status of one version, or of every version known.
 

@@ -35,6 +35,9 @@ def _chromium() -> str:
         pytest.skip("Chromium not found at /usr/bin/chromium: apt-get install -y chromium (.ci/run does)")
     if shutil.which("node") is None:
         pytest.skip("Node.js not found: apt-get install -y nodejs npm (.ci/run does)")
+    version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    if int(version.lstrip("v").split(".")[0] or 0) < 20:
+        pytest.skip(f"playwright-core needs Node.js 20 or newer; this machine has {version}")
     if not (DRIVER_DIR / "node_modules" / "playwright-core").is_dir():
         pytest.skip(f"playwright-core not installed: run npm install in {DRIVER_DIR} (.ci/run does)")
     return found
