@@ -34,7 +34,8 @@ from typing import Any
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving import routes
+from serving import openapi_schemas, routes
+from serving.openapi_schemas import closed, ref
 
 OPENAPI_VERSION = "3.1.0"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -46,9 +47,6 @@ _INT64_MAX = (1 << 63) - 1
 # A label as documented when none is configured; starts with a letter or digit so
 # it can never be a `.` / `..` path segment that HTTP clients would collapse.
 _LABEL_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
-# Standard base64 with padding, as TF Serving decodes `{"b64": ...}`.
-_BASE64_PATTERN = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 _INT_RANGES = {
     types_pb2.DT_INT8: (-(1 << 7), (1 << 7) - 1),
@@ -148,9 +146,9 @@ def document(
         "tags": [{"name": m.name, "description": _model_description(m)} for m in models],
         "paths": paths,
         "components": {
-            "schemas": _common_schemas(),
+            "schemas": openapi_schemas.component_schemas(),
             "responses": {
-                f"Error{code}": _json_response(text, _ref("Error")) for code, text in _ERROR_CODES.items()
+                f"Error{code}": _json_response(text, ref("Error")) for code, text in _ERROR_CODES.items()
             },
         },
     }
@@ -223,7 +221,7 @@ def _target_parameters(model: ServedModel, target: str) -> list[dict[str, Any]]:
 
 def _info_operation(route: routes.Route) -> dict[str, Any]:
     schema = "ModelStatus" if route.operation == "status" else "ModelMetadata"
-    return {"responses": {"200": _json_response(route.summary, _ref(schema)), **_error_responses()}}
+    return {"responses": {"200": _json_response(route.summary, ref(schema)), **_error_responses()}}
 
 
 def _predict_operation(usable: Mapping[str, meta_graph_pb2.SignatureDef]) -> dict[str, Any] | None:
@@ -237,8 +235,8 @@ def _predict_operation(usable: Mapping[str, meta_graph_pb2.SignatureDef]) -> dic
         selector = _signature_selector(name)
         requests.append(_request_object(selector, "instances", _rows(signature.inputs, output=False)))
         requests.append(_request_object(selector, "inputs", _columns(signature.inputs, output=False)))
-        answers.append(_closed({"predictions": _rows(signature.outputs, output=True)}))
-        answers.append(_closed({"outputs": _columns(signature.outputs, output=True)}))
+        answers.append(closed({"predictions": _rows(signature.outputs, output=True)}))
+        answers.append(closed({"outputs": _columns(signature.outputs, output=True)}))
     if not requests:
         return None
     return {
@@ -256,8 +254,8 @@ def _examples_operation(
         return None
     properties: dict[str, Any] = {
         "signature_name": {"type": "string", "enum": names},
-        "context": _ref("Example"),
-        "examples": {"type": "array", "minItems": 1, "items": _ref("Example")},
+        "context": ref("Example"),
+        "examples": {"type": "array", "minItems": 1, "items": ref("Example")},
     }
     required = ["examples"] if DEFAULT_SIGNATURE in names else ["examples", "signature_name"]
     request = {
@@ -269,7 +267,7 @@ def _examples_operation(
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
         "responses": {
-            "200": _json_response("One result per example", _closed({"results": results})),
+            "200": _json_response("One result per example", closed({"results": results})),
             **_error_responses(),
         },
     }
@@ -310,14 +308,14 @@ def _rows(tensors: Mapping[str, meta_graph_pb2.TensorInfo], output: bool) -> dic
     if len(aliases) == 1:
         row = _value(tensors[aliases[0]], aliases[0], output, skip_batch=True)
     else:
-        row = _closed({a: _value(tensors[a], a, output, skip_batch=True) for a in aliases})
+        row = closed({a: _value(tensors[a], a, output, skip_batch=True) for a in aliases})
     return {"type": "array", "minItems": 1, "items": row}
 
 
 def _columns(tensors: Mapping[str, meta_graph_pb2.TensorInfo], output: bool) -> dict[str, Any]:
     """`inputs` / `outputs`: the whole tensor, or an object of whole tensors."""
     aliases = sorted(tensors)
-    named = _closed({a: _value(tensors[a], a, output, skip_batch=False) for a in aliases})
+    named = closed({a: _value(tensors[a], a, output, skip_batch=False) for a in aliases})
     if len(aliases) == 1 and not output:
         # A single input may be sent bare or under its alias.
         return _one_of([_value(tensors[aliases[0]], aliases[0], output, skip_batch=False), named])
@@ -348,8 +346,8 @@ def _value(info: meta_graph_pb2.TensorInfo, alias: str, output: bool, skip_batch
 def _element(dtype: int, alias: str, output: bool) -> dict[str, Any]:
     if dtype == types_pb2.DT_STRING:
         if output:
-            return _ref("Base64") if alias.endswith("_bytes") else {"type": "string"}
-        return {"oneOf": [{"type": "string"}, _ref("Base64")]}
+            return ref("Base64") if alias.endswith("_bytes") else {"type": "string"}
+        return {"oneOf": [{"type": "string"}, ref("Base64")]}
     if dtype in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16):
         limit = _FLOAT_MAX.get(dtype, 65504.0)
         return {"type": "number"} if output else {"type": "number", "minimum": -limit, "maximum": limit}
@@ -361,21 +359,8 @@ def _element(dtype: int, alias: str, output: bool) -> dict[str, Any]:
     return {"description": f"{types_pb2.DataType.Name(dtype)}: no JSON form"}
 
 
-def _closed(properties: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": sorted(properties),
-        "additionalProperties": False,
-    }
-
-
 def _one_of(schemas: list[dict[str, Any]]) -> dict[str, Any]:
     return schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -384,87 +369,6 @@ def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _error_responses() -> dict[str, Any]:
     return {code: {"$ref": f"#/components/responses/Error{code}"} for code in _ERROR_CODES}
-
-
-def _common_schemas() -> dict[str, Any]:
-    tensor_info = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "dtype": {"type": "string"},
-            "tensor_shape": {
-                "type": "object",
-                "properties": {
-                    "dim": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "properties": {"size": {"type": "string"}, "name": {"type": "string"}},
-                        },
-                    },
-                    "unknown_rank": {"type": "boolean"},
-                },
-            },
-        },
-    }
-    signature_def = {
-        "type": "object",
-        "required": ["inputs", "outputs", "method_name"],
-        "properties": {
-            "inputs": {"type": "object", "additionalProperties": tensor_info},
-            "outputs": {"type": "object", "additionalProperties": tensor_info},
-            "method_name": {"type": "string"},
-            "defaults": {"type": "object"},
-        },
-    }
-    feature = {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, _ref("Base64")]}
-    return {
-        "Error": _closed({"error": {"type": "string"}}),
-        "Base64": _closed(
-            {"b64": {"type": "string", "contentEncoding": "base64", "pattern": _BASE64_PATTERN}}
-        ),
-        "Example": {
-            "type": "object",
-            "description": "A tf.Example: a string or {b64} is a bytes feature, an integer int64, a number float",
-            "additionalProperties": {"anyOf": [feature, {"type": "array", "items": feature}]},
-        },
-        "ModelStatus": _closed(
-            {
-                "model_version_status": {
-                    "type": "array",
-                    "items": _closed(
-                        {
-                            "version": {"type": "string", "pattern": "^[0-9]+$"},
-                            "state": {
-                                "enum": ["UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
-                            },
-                            "status": _closed(
-                                {"error_code": {"type": "string"}, "error_message": {"type": "string"}}
-                            ),
-                        }
-                    ),
-                }
-            }
-        ),
-        "ModelMetadata": _closed(
-            {
-                "model_spec": _closed(
-                    {
-                        "name": {"type": "string"},
-                        "signature_name": {"type": "string"},
-                        "version": {"type": "string"},
-                    }
-                ),
-                "metadata": _closed(
-                    {
-                        "signature_def": _closed(
-                            {"signature_def": {"type": "object", "additionalProperties": signature_def}}
-                        )
-                    }
-                ),
-            }
-        ),
-    }
 
 
 def signature_defs_from_saved_model(
@@ -493,6 +397,13 @@ def signature_defs_from_saved_model(
             return dict(meta_graph.signature_def)
     found = [sorted(m.meta_info_def.tags) for m in saved_model.meta_graphs]
     raise ValueError(f"{path}: no MetaGraph with tags {sorted(tags)} (found {found}); pass the right tags")
+
+
+def document_json(manager: Any, *, playground: bool = False) -> bytes:
+    """The live document of what `manager` serves now, as JSON bytes (`GET /openapi.json`)."""
+    import orjson
+
+    return orjson.dumps(document(served_models(manager), playground=playground))
 
 
 def served_models(manager: Any) -> list[ServedModel]:

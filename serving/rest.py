@@ -263,7 +263,8 @@ class RestServer:
                 body=self._metrics.render(), headers={"Content-Type": "text/plain", **self._extra_headers}
             )
         elif request.method == "GET" and path == routes.OPENAPI_PATH:
-            response = self._openapi_response()
+            body = openapi.document_json(self._manager, playground=bool(self._playground))
+            response = web.Response(body=body, headers=self._json_headers)
         elif request.method == "GET" and self._playground and path in self._playground:
             response = web.Response(body=self._playground[path].body, headers=self._playground[path].headers)
         elif not _V1_PATH.fullmatch(path):
@@ -364,12 +365,6 @@ class RestServer:
                 raise deadline_exceeded()
             answer = await self._dataplane.run_async(run_plan, deadline)
             return await self._off_loop(len(body), lambda: encode(answer, extra))
-
-    def _openapi_response(self) -> web.Response:
-        """The OpenAPI document of what is loaded now (serving.openapi)."""
-        models = openapi.served_models(self._manager)
-        doc = openapi.document(models, playground=bool(self._playground))
-        return web.Response(body=orjson.dumps(doc), headers=self._json_headers)
 
     def _respond(self, reply: _Reply) -> web.Response:
         return web.Response(status=reply.status, body=reply.body, headers=self._json_headers)
