@@ -17,7 +17,7 @@ runs the graph like TF's C++ session. Deadlines are absolute
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -111,16 +111,20 @@ class DataPlane(PlanRunner):
         self.tensor_content_outputs = bool(getattr(options, "enable_serialization_as_tensor_content", False))
         PlanRunner.__init__(self, options, metrics)
 
-    async def run_async(self, plan: RunPlan, deadline: float | None = None) -> Any:
+    def run_async(self, plan: RunPlan, deadline: float | None = None) -> Coroutine[Any, Any, Any]:
         """`PlanRunner.run_async`, and a request log record when the call is sampled.
 
         Both front ends run their calls here (warmup replays use `run`, so they
-        are never logged); the log gets the plan's tensors and the fetched
-        arrays, and does its work on its own thread.
+        are never logged). An unsampled call gets `PlanRunner.run_async`'s own
+        coroutine, so logging costs nothing when it is off.
         """
         request_log = self.request_log
         if request_log is None or not request_log.sampled():
-            return await PlanRunner.run_async(self, plan, deadline)
+            return PlanRunner.run_async(self, plan, deadline)
+        return self._run_logged(plan, deadline, request_log)
+
+    async def _run_logged(self, plan: RunPlan, deadline: float | None, request_log: RequestLog) -> Any:
+        """Runs the plan, keeping the fetched arrays, and hands them to the log's writer thread."""
         start = time.perf_counter()
         fetched: list[list[np.ndarray]] = []
         finish = plan.finish

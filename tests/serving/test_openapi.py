@@ -29,8 +29,13 @@ EXAMPLES_PER_OPERATION = 12
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run, tfs_testdata, tmp_path_factory):
-    root = tmp_path_factory.mktemp("openapi_models")
+def models_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("openapi_models")
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tfs_testdata, models_root):
+    root = models_root
     hp2 = copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", root / "hp2")
     tiny = tiny_run.version_dir.parent.resolve()
     config = root / "models.config"
@@ -49,6 +54,9 @@ def served(tiny_run, tfs_testdata, tmp_path_factory):
         f"--model_config_file={config}",
         "--file_system_poll_wait_seconds=0",
         "--allow_version_labels_for_unavailable_models",  # labels in the startup config (as in TF Serving)
+        # The request log is named but its rate is 0 (the default): nothing may be written.
+        f"--request_log_file={root / 'requests.jsonl'}",
+        "--request_log_sample_rate=0",
     ]
     with running_server(args) as server:
         yield server
@@ -245,3 +253,9 @@ def test_schemathesis_finds_no_failure(served, live_document):
         "POST /v1/models/half_plus_two:predict",
     ]:
         assert 200 in statuses[label], (label, statuses[label])
+
+
+def test_sample_rate_zero_logged_none_of_these_requests(served, models_root):
+    # Runs after schemathesis' few hundred requests to the same server.
+    assert (models_root / "models.config").is_file()
+    assert not (models_root / "requests.jsonl").exists()
