@@ -1,4 +1,4 @@
-"""Reading labelled documents, validating them, and splitting them reproducibly.
+"""Reading labelled documents and validating them (splitting is in pipeline/splits.py).
 
 Three layouts are read:
 
@@ -30,15 +30,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.config import DataConfig, SplitConfig
+from pipeline.config import DataConfig
 from pipeline.errors import DataError
 
 # csv's default field limit (128 KiB) is smaller than some real documents.
 csv.field_size_limit(2**31 - 1)
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -375,32 +371,6 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     )
     assert report["records_read"] == len(kept.ids) + dropped  # nothing lost silently
     return kept
-
-
-# --- Splitting ------------------------------------------------------------------------------
-
-
-def split_ids(dataset: Dataset, config: SplitConfig) -> dict[str, list[str]]:
-    """Stratified, seeded train/validation/test split of document ids.
-
-    Each class is shuffled with the seed and cut by the configured fractions
-    (rounded, at least one document per split where the class has three or
-    more), so the same data and seed always give the same split.
-    """
-    rng = np.random.default_rng(config.seed)
-    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for label in dataset.label_names:
-        ids = sorted(doc_id for doc_id, lab in zip(dataset.ids, dataset.labels) if lab == label)
-        ids = [ids[i] for i in rng.permutation(len(ids))]
-        n_test = round(len(ids) * config.test_fraction)
-        n_val = round(len(ids) * config.validation_fraction)
-        if len(ids) >= 3:
-            n_test, n_val = max(n_test, 1), max(n_val, 1)
-        splits["test"] += ids[:n_test]
-        splits["validation"] += ids[n_test : n_test + n_val]
-        splits["train"] += ids[n_test + n_val :]
-    order = {doc_id: i for i, doc_id in enumerate(dataset.ids)}
-    return {name: sorted(ids, key=order.__getitem__) for name, ids in splits.items()}
 
 
 def write_json(path: Path, payload: dict) -> None:
