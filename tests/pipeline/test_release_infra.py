@@ -23,7 +23,7 @@ __all__ = ["good_run"]  # a fixture, used by name
 # --- Infra validation --------------------------------------------------------------------------
 
 
-def test_infra_validation_failure_stops_thepush_run(good_run, tmp_path):
+def test_infra_validation_failure_stops_the_push(good_run, tmp_path):
     base = tmp_path / "models"
     with pytest.raises(InfraValidationError, match="exited with code 1 before the model loaded"):
         push_run(
