@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.data import Dataset, ingest
 from pipeline.errors import DataError
+from pipeline.evaluate import leakage_report
 from pipeline.splits import (
     CARD_KEY,
     FingerprintSet,
@@ -21,6 +24,7 @@ from pipeline.splits import (
     splits_record,
     training_fingerprints,
 )
+from tests.conftest import REPO_ROOT
 
 
 def _synthetic(per_class: int, classes: int = 5, seed: int = 0, prefix: str = "") -> Dataset:
@@ -158,3 +162,44 @@ def test_run_records_splits_balance_and_training_fingerprints(tiny_run):
     assert len(trained) == len(splits["train"])
     assert trained.contains(data.subset(splits["train"]).texts).all()
     assert not trained.contains(data.subset(splits["test"] + splits["validation"]).texts).any()
+
+
+def test_leakage_report_counts_training_documents_and_scores_the_rest():
+    data = _synthetic(50)
+    card = {CARD_KEY: training_fingerprints(data.texts[:200])}
+    predicted = list(data.labels)
+    predicted[-1] = "class0"  # one mistake, on a document the model never saw
+    report = leakage_report(card, data.texts, data.labels, predicted, sorted(set(data.labels)))
+    assert report["known"] and report["trained_on"] == 200 and report["unseen"] == 50
+    assert report["unseen_metrics"]["count"] == 50 and report["unseen_metrics"]["accuracy"] == 49 / 50
+    assert "trained on 200 of these 250 documents" in report["note"]
+    older = leakage_report({}, data.texts, data.labels, predicted, sorted(set(data.labels)))
+    assert not older["known"] and "no training fingerprints" in older["note"]
+
+
+def test_evaluate_warns_how_much_of_the_data_the_model_trained_on(tiny_run, tiny_corpus, tmp_path):
+    out = tmp_path / "metrics.json"
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "evaluate",
+            "--model",
+            str(tiny_run.version_dir.parent),
+            "--data",
+            str(tiny_corpus),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    trained = len(json.loads((tiny_run.run_dir / "splits.json").read_text())["train"])
+    assert f"warning: the model trained on {trained} of these 96 documents" in evaluated.stdout
+    assert f"the {96 - trained} documents it never trained on" in evaluated.stdout
+    leakage = json.loads(out.read_text())["leakage"]
+    assert leakage["trained_on"] == trained and leakage["unseen_metrics"]["count"] == 96 - trained
