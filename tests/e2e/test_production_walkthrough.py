@@ -148,9 +148,12 @@ def test_readme_production_block_runs_as_written(walkthrough_env, bbc_path):
         return command.replace("localhost:8501", f"127.0.0.1:{rest}")
 
     def run(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        result = subprocess.run(
             ["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True, timeout=900
         )
+        with open(workdir / "transcript.log", "a", encoding="utf-8") as transcript:  # for a failing run
+            transcript.write(f"$ {command}\n{result.stdout}{result.stderr}[exit {result.returncode}]\n")
+        return result
 
     def versions_on_disk() -> list[str]:
         base = workdir / "models" / "bbc_news"
@@ -174,7 +177,7 @@ def test_readme_production_block_runs_as_written(walkthrough_env, bbc_path):
                     start_new_session=True,
                 )
                 _wait(lambda: "1" in _available(_status(rest, "")), "the server to serve version 1")
-                assert _available(_status(rest, "/labels/stable")) == {"1"}, step
+                assert _version_behind(grpc, "stable") == 1, step
                 outcomes.append("serve")
                 continue
             if words[0] == "curl":
@@ -215,10 +218,7 @@ def test_readme_production_block_runs_as_written(walkthrough_env, bbc_path):
                 label, version = words[words.index("--label") + 1], words[words.index("--version") + 1]
                 assert re.search(rf'key: "{label}"\s+value: {version}', config), config
                 if label == "stable" and version == "2":  # promote: the canary is already up
-                    _wait(
-                        lambda: _available(_status(rest, "/labels/stable")) == {"2"},
-                        "stable to name version 2",
-                    )
+                    _wait(lambda: _version_behind(grpc, "stable") == 2, "stable to name version 2")
             elif action == "models rollback":
                 assert result.returncode == 0, f"{step}\n{result.stderr[-2000:]}"
                 assert versions_on_disk() == ["1", "2"], step  # nothing copied
