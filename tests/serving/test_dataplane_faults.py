@@ -201,6 +201,8 @@ def test_ten_thousand_concurrent_requests_are_bounded_by_the_queue(server):
                     await stub.Predict(request, timeout=60)
                     return grpc.StatusCode.OK
                 except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAVAILABLE:
+                        assert "queue to which this task was submitted is full" in e.details()
                     return e.code()
 
             return await asyncio.gather(*(one() for _ in range(10_000)))
@@ -208,10 +210,9 @@ def test_ten_thousand_concurrent_requests_are_bounded_by_the_queue(server):
     codes = asyncio.run(flood())
     after = _rss_kb(server.pid)
     counts = {code: codes.count(code) for code in set(codes)}
-    # CANCELLED: grpcio's own transport gives up on part of a 10,000-call burst
-    # ("CANCELLED:CANCELLED", not sent by the server); the server refuses the
-    # rest of what its queue cannot hold with UNAVAILABLE.
-    assert set(counts) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, counts
+    # As TF Serving answers: run, or refused because the batch queue is full. No call
+    # may be dropped by gRPC's core before it reaches the server (a bare CANCELLED).
+    assert set(counts) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, counts
     assert counts.get(grpc.StatusCode.UNAVAILABLE, 0) > 0, counts  # the queue holds 2 batches of 8
     assert counts.get(grpc.StatusCode.OK, 0) >= 16, counts
     assert after - before < 150_000, (before, after)  # kB: refused, not queued in memory
