@@ -164,7 +164,10 @@ class ServerOptions:
     # --- textserve's own flags (not in tensorflow_model_server) -----------------
     # Front ends, data plane and shutdown:
     batching_idle_fast_path: bool = flag(
-        "bool", True, "run a batch at once when its model is idle instead of waiting batch_timeout_micros"
+        "bool",
+        True,
+        "run a batch at once when its model is idle and it holds as many rows as the model's last batch, "
+        "instead of waiting batch_timeout_micros (a lone request after a lone one never waits)",
     )
     max_rows_per_session_run: int = flag(
         "int64", 1024, "without batching, run larger requests in slices of this many rows (0: no limit)"
