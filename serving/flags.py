@@ -190,6 +190,12 @@ class ServerOptions:
     rest_api_idle_timeout_s: int = flag(
         "int32", 75, "close a kept-alive REST connection idle this many seconds"
     )
+    rest_api_header_timeout_s: float = flag(
+        "float",
+        10.0,
+        "close a REST connection whose request line and headers take longer than this many seconds to "
+        "arrive after their first byte, so slow clients cannot hold connections (0: no limit; not in TF Serving)",
+    )
 
     # Model lifecycle and input validation:
 
