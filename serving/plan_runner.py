@@ -65,7 +65,7 @@ class _LoopWaker:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self.loop = loop
         self._finished: collections.deque[asyncio.Future] = collections.deque()
         self._scheduled = False
 
@@ -73,7 +73,7 @@ class _LoopWaker:
         self._finished.append(future)
         if not self._scheduled:
             self._scheduled = True
-            self._loop.call_soon_threadsafe(self._resolve)
+            self.loop.call_soon_threadsafe(self._resolve)
 
     def _resolve(self) -> None:
         self._scheduled = False
@@ -113,6 +113,7 @@ class PlanRunner:
         self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_waker: _LoopWaker | None = None  # the server has one loop: skip the dict
 
     def close(self) -> None:
         """Stops the batch threads after the queued batches ran, then the workers (shutdown)."""
@@ -153,30 +154,40 @@ class PlanRunner:
         task = None
         if self.batcher is not None:
             done = loop.create_future()
-            waker = self._wakers.get(loop)
-            if waker is None:
-                waker = self._wakers[loop] = _LoopWaker(loop)
-            finished = waker.finished
+            finished = self._waker(loop).finished
             task = self.batcher.submit(
                 plan.servable, plan.feeds, plan.fetches, deadline, lambda _task: finished(done)
             )
         if task is None:  # no batching, or 0 rows
             outputs = await loop.run_in_executor(self.pool, self._run_direct, plan, deadline)
         else:
+            # One timer on the future itself: asyncio.wait_for would add a task per request.
+            timer = None
+            if deadline is not None:
+                timer = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, done)
             try:
-                if deadline is None:
-                    await done
-                else:
-                    await asyncio.wait_for(done, max(0.0, deadline - time.monotonic()))
+                await done
             except TimeoutError:
                 self.batcher.cancel(task)  # type: ignore[union-attr]  # task implies a batcher
                 raise deadline_exceeded() from None
             except asyncio.CancelledError:
                 self.batcher.cancel(task)  # type: ignore[union-attr]
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             outputs = task.outputs()
         self._record(plan, start)
         return plan.finish(outputs)
+
+    def _waker(self, loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+        waker = self._last_waker
+        if waker is None or waker.loop is not loop:
+            waker = self._wakers.get(loop)
+            if waker is None:
+                waker = self._wakers[loop] = _LoopWaker(loop)
+            self._last_waker = waker
+        return waker
 
     def _record(self, plan: RunPlan, start: float) -> None:
         if self.metrics is not None:
@@ -206,6 +217,11 @@ class PlanRunner:
 def _set_done(future: asyncio.Future) -> None:
     if not future.done():  # the waiter may have given up already
         future.set_result(None)
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():  # the batch may have answered in the same loop iteration
+        future.set_exception(TimeoutError())
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -169,7 +169,13 @@ class _HeaderDeadlineProtocol(RequestHandler):
         self._awaiting_headers = True
 
     def data_received(self, data: bytes) -> None:
-        if self._awaiting_headers and self._header_timer is None and self.transport is not None:
+        # Most requests arrive with all their headers in one read: no clock needed for those.
+        if (
+            self._awaiting_headers
+            and self._header_timer is None
+            and self.transport is not None
+            and b"\r\n\r\n" not in data
+        ):
             self._header_timer = asyncio.get_running_loop().call_later(
                 self._header_timeout_s, self._headers_too_slow
             )
