@@ -57,7 +57,7 @@ def main() -> None:
     else:
         api, server_batching = TextClassifierAPI(args.model), batching
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, **server_batching)
-    server.run(port=args.port, generate_client_file=False)
+    server.run(host="127.0.0.1", port=args.port, generate_client_file=False)
 
 
 if __name__ == "__main__":
