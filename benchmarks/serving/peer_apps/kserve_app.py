@@ -42,7 +42,9 @@ def main() -> None:
     args = parser.parse_args()
     model = TextClassifier(args.name, args.model)
     model.load()
-    kserve.ModelServer(http_port=args.port, enable_grpc=False, workers=1, enable_latency_logging=False).start([model])
+    kserve.ModelServer(http_port=args.port, enable_grpc=False, workers=1, enable_latency_logging=False).start(
+        [model]
+    )
 
 
 if __name__ == "__main__":
