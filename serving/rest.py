@@ -398,13 +398,21 @@ class RestServer:
         deadline = time.monotonic() + self._timeout_s if self._timeout_s else None
         try:
             body = await self._read_body(request)
-        except ServingError as e:
-            reply = _Reply.error(e)
-        except _BodyTooLarge as e:
-            reply = _Reply(413, rest_response.encode_error(str(e)), grpc.StatusCode.RESOURCE_EXHAUSTED.name)
-        else:
-            handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[api]
-            reply = await handler(name, version, label, body, deadline)
+        except (ServingError, _BodyTooLarge) as e:
+            if isinstance(e, ServingError):
+                reply = _Reply.error(e)
+            else:
+                reply = _Reply(
+                    413, rest_response.encode_error(str(e)), grpc.StatusCode.RESOURCE_EXHAUSTED.name
+                )
+            self._metrics.record_request(name, api, "REST", reply.code, time.perf_counter() - start)
+            response = self._respond(reply)
+            # The rest of the body was not read (too large, or it does not decode): the
+            # connection cannot carry another request, so say so rather than reset it.
+            response.force_close()
+            return response
+        handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[api]
+        reply = await handler(name, version, label, body, deadline)
         self._metrics.record_request(name, api, "REST", reply.code, time.perf_counter() - start)
         return self._respond(reply)
 
