@@ -12,9 +12,14 @@ Design, for throughput at high concurrency:
 * A queue is a list of batches; only the newest is open. A batch is ready when
   it is full, no longer the newest, or `batch_timeout_micros` after its first
   task arrived (with timeout 0: as soon as a thread is free, so batches grow
-  exactly while all threads are busy).
-* Threads wait on one condition variable (no polling); each caller waits on its
-  own lock, released by the thread that ran its batch.
+  exactly while all threads are busy). With the idle fast path it is also
+  ready when no batch of its queue is running and it holds as many rows as the
+  queue's previous batch: a lone request after a lone request runs at once,
+  while under steady load a batch waits (at most the timeout) for the callers
+  the last batch answered, instead of running the first of them alone.
+* Threads wait on one condition variable (no polling). A caller wakes them only
+  when its rows make a batch runnable or start a new one, not once per request:
+  every wake-up is a GIL hand-off that the event loop pays for.
 * Inputs are merged with one `np.concatenate` per input; outputs are split as
   views.
 
@@ -39,6 +44,9 @@ from serving.batching_options import BatchingOptions
 from serving.errors import ServingError, invalid_argument, unavailable
 
 __all__ = ["BatchScheduler", "BatchingOptions", "batch_size_of"]
+
+# Batch-size expectations kept (one per batching key) before the table is reset.
+_MAX_EXPECTATIONS = 1024
 
 
 class _Task:
@@ -171,6 +179,10 @@ class BatchScheduler:
         self._order: list[tuple] = []  # round-robin order of queue keys
         self._next = 0
         self._stopping = False
+        self._waiting = 0  # batch threads in cv.wait (guarded by the lock)
+        # Rows of the batch each queue ran last: how many callers are likely to come
+        # back soon. Kept by key (no reference to the servable) when an idle queue is dropped.
+        self._expected: dict[tuple, int] = {}
         self._threads = [
             threading.Thread(target=self._work, name=f"{options.thread_pool_name}-{i}", daemon=True)
             for i in range(options.num_batch_threads)
@@ -302,6 +314,7 @@ class BatchScheduler:
                 self._queues[key] = queue
                 self._order.append(key)
             batches = queue.batches
+            was_empty = not batches
             current = batches[-1] if batches and not batches[-1].closed else None
             room = limit - current.size if current is not None else 0
             # Plan where the rows go before touching the queue, so a full queue
@@ -334,7 +347,10 @@ class BatchScheduler:
                 start += rows
             task.pending = len(plan)
             task.queue = queue
-            self._cv.notify()
+            # The waiting threads' timed wait already covers a head batch's timeout:
+            # wake one only for a new head (a new deadline) or a batch now runnable.
+            if self._waiting and (was_empty or self._runnable(queue, time.monotonic())):
+                self._cv.notify()
 
     # ------------------------------------------------------------------ batch threads
 
@@ -343,12 +359,12 @@ class BatchScheduler:
 
         A batch is runnable when it is full or closed, when a newer one waits
         behind it, when its timeout has passed, or (with the idle fast path)
-        when no batch of its queue is running: waiting only pays off while the
-        model is busy and requests pile up behind it.
+        when no batch of its queue is running and it holds as many rows as the
+        previous batch of its queue: waiting pays off only while more callers
+        are on their way.
         """
         now = time.monotonic()
         timeout_s = self.options.batch_timeout_micros / 1e6
-        fast = self.options.idle_fast_path
         wait: float | None = None
         count = len(self._order)
         for i in range(count):
@@ -356,21 +372,31 @@ class BatchScheduler:
             queue = self._queues[self._order[index]]
             if not queue.batches:
                 continue
-            head = queue.batches[0]
-            due = head.created + timeout_s
-            if (
-                head.closed
-                or len(queue.batches) > 1
-                or due <= now
-                or self._stopping
-                or (fast and queue.running == 0)
-            ):
-                queue.batches.popleft()
+            if self._stopping or self._runnable(queue, now):
+                head = queue.batches.popleft()
                 queue.running += 1
+                if len(self._expected) >= _MAX_EXPECTATIONS and queue.key not in self._expected:
+                    self._expected.clear()  # keys of long-unloaded servables; relearnt in one batch
+                self._expected[queue.key] = max(1, head.size)
                 self._next = (index + 1) % count
                 return queue, head, None
-            wait = due - now if wait is None else min(wait, due - now)
+            due = queue.batches[0].created + timeout_s - now
+            wait = due if wait is None else min(wait, due)
         return None, None, wait
+
+    def _runnable(self, queue: _Queue, now: float) -> bool:
+        """Whether the head batch of a non-empty queue may run now (lock held); see `_ready_batch`."""
+        head = queue.batches[0]
+        return (
+            head.closed
+            or len(queue.batches) > 1
+            or head.created + self.options.batch_timeout_micros / 1e6 <= now
+            or (
+                self.options.idle_fast_path
+                and queue.running == 0
+                and head.size >= self._expected.get(queue.key, 1)
+            )
+        )
 
     def _forget_if_idle(self, queue: _Queue) -> None:
         """Drops an empty, idle queue so unloaded servables are not kept alive (lock held)."""
@@ -392,7 +418,11 @@ class BatchScheduler:
                         break
                     if self._stopping:
                         return
-                    self._cv.wait(wait)
+                    self._waiting += 1
+                    try:
+                        self._cv.wait(wait)
+                    finally:
+                        self._waiting -= 1
             try:
                 self._execute(queue, batch)
             finally:

@@ -49,8 +49,9 @@ class BatchingOptions:
         waiting for a fresh batch.
       max_execution_batch_size: batch size used when splitting is on.
       idle_fast_path: run a batch at once when no batch of its queue is
-        running, instead of waiting `batch_timeout_micros` for it to fill
-        (textserve's `--batching_idle_fast_path`; TF's scheduler always waits).
+        running and it holds as many rows as the queue's previous batch,
+        instead of waiting `batch_timeout_micros` for it to fill (textserve's
+        `--batching_idle_fast_path`; TF's scheduler always waits).
     """
 
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE

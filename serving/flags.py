@@ -164,7 +164,10 @@ class ServerOptions:
     # --- textserve's own flags (not in tensorflow_model_server) -----------------
     # Front ends, data plane and shutdown:
     batching_idle_fast_path: bool = flag(
-        "bool", True, "run a batch at once when its model is idle instead of waiting batch_timeout_micros"
+        "bool",
+        True,
+        "run a batch at once when its model is idle and it holds as many rows as the model's last batch, "
+        "instead of waiting batch_timeout_micros (a lone request after a lone one never waits)",
     )
     max_rows_per_session_run: int = flag(
         "int64", 1024, "without batching, run larger requests in slices of this many rows (0: no limit)"
@@ -187,6 +190,7 @@ class ServerOptions:
     rest_api_idle_timeout_s: int = flag(
         "int32", 75, "close a kept-alive REST connection idle this many seconds"
     )
+<<<<<<< HEAD
     rest_api_playground: bool = flag(
         "bool", False, "serve a page to try the models at / on the REST port (off: / is a plain 404)"
     )
@@ -198,6 +202,13 @@ class ServerOptions:
     )
     request_log_include_text: bool = flag(
         "bool", False, "also log the inputs themselves (default: only their fingerprints and sizes)"
+=======
+    rest_api_header_timeout_s: float = flag(
+        "float",
+        10.0,
+        "close a REST connection whose request line and headers take longer than this many seconds to "
+        "arrive after their first byte, so slow clients cannot hold connections (0: no limit; not in TF Serving)",
+>>>>>>> serving-a2
     )
 
     # Model lifecycle and input validation:

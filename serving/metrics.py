@@ -167,36 +167,53 @@ class _Histogram:
         self.total = 0.0
 
 
+# spec -> {label values tuple -> int (counter) | _Histogram}
+_Values = dict[_Spec, dict[tuple[str, ...], Any]]
+
+
 class Metrics:
-    """Thread-safe store of TF Serving's metrics.
+    """Thread-safe store of TF Serving's metrics, written without locks.
 
     Front ends call `record_request`; the data plane records runtime latency,
     example counts and batching; the model manager records loads and warmup.
+
+    Every thread writes to a shard of its own (the event loop, the batch
+    threads, the loaders), so recording on the hot path takes no lock and never
+    waits for a thread that holds one while the GIL is elsewhere; reading sums
+    the shards. Copying a shard's dict or a histogram's list is one C call
+    under the GIL, so a reader sees each cell either before or after an update.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # spec -> {label values tuple -> int (counter) | _Histogram}
-        self._values: dict[_Spec, dict[tuple[str, ...], Any]] = {s: {} for s in ALL_SPECS}
+        self._lock = threading.Lock()  # guards the list of shards, not the values
+        self._shards: list[_Values] = []
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ recording
 
+    def _cells(self, spec: _Spec) -> dict[tuple[str, ...], Any]:
+        """This thread's cells of one metric."""
+        shard = getattr(self._local, "shard", None)
+        if shard is None:
+            shard = self._local.shard = {s: {} for s in ALL_SPECS}
+            with self._lock:
+                self._shards.append(shard)
+        return shard[spec]
+
     def _add(self, spec: _Spec, labels: tuple[str, ...], amount: int = 1) -> None:
-        with self._lock:
-            cells = self._values[spec]
-            cells[labels] = cells.get(labels, 0) + amount
+        cells = self._cells(spec)
+        cells[labels] = cells.get(labels, 0) + amount
 
     def _observe(self, spec: _Spec, labels: tuple[str, ...], value: float) -> None:
         # TF's histogram puts a value in the first bucket whose limit is above it.
         index = bisect.bisect_right(spec.buckets, value)
         index = min(index, len(spec.buckets) - 1)
-        with self._lock:
-            cells = self._values[spec]
-            cell = cells.get(labels)
-            if cell is None:
-                cell = cells[labels] = _Histogram(len(spec.buckets))
-            cell.counts[index] += 1
-            cell.total += value
+        cells = self._cells(spec)
+        cell = cells.get(labels)
+        if cell is None:
+            cell = cells[labels] = _Histogram(len(spec.buckets))
+        cell.counts[index] += 1
+        cell.total += value
 
     def record_request(
         self, model_name: str, api: str, entrypoint: str, status: str, latency_s: float
@@ -249,26 +266,32 @@ class Metrics:
 
     def value(self, spec: _Spec, *labels: str) -> float:
         """A counter's value, or a histogram's sample count (0 when never recorded)."""
-        with self._lock:
-            cell = self._values[spec].get(tuple(labels))
+        cell = self._merged(spec).get(tuple(labels))
         if cell is None:
             return 0
         return sum(cell.counts) if isinstance(cell, _Histogram) else cell
 
-    def _snapshot(self) -> list[tuple[_Spec, list[tuple[tuple[str, ...], Any]]]]:
+    def _merged(self, spec: _Spec) -> dict[tuple[str, ...], Any]:
+        """One metric's cells summed over the threads' shards, in first-recorded order."""
         with self._lock:
-            out = []
-            for spec in sorted(ALL_SPECS, key=lambda s: s.tf_name):
-                cells = []
-                for labels, cell in self._values[spec].items():
-                    if isinstance(cell, _Histogram):
-                        copy = _Histogram(len(cell.counts))
-                        copy.counts = list(cell.counts)
-                        copy.total = cell.total
-                        cell = copy
-                    cells.append((labels, cell))
-                out.append((spec, cells))
-            return out
+            shards = list(self._shards)
+        merged: dict[tuple[str, ...], Any] = {}
+        for shard in shards:
+            for labels, cell in list(shard[spec].items()):  # a copy: the owner may add cells meanwhile
+                if isinstance(cell, _Histogram):
+                    total = merged.get(labels)
+                    if total is None:
+                        total = merged[labels] = _Histogram(len(cell.counts))
+                    total.counts = [a + b for a, b in zip(total.counts, list(cell.counts))]
+                    total.total += cell.total
+                else:
+                    merged[labels] = merged.get(labels, 0) + cell
+        return merged
+
+    def _snapshot(self) -> list[tuple[_Spec, list[tuple[tuple[str, ...], Any]]]]:
+        return [
+            (spec, list(self._merged(spec).items())) for spec in sorted(ALL_SPECS, key=lambda s: s.tf_name)
+        ]
 
     def render(self) -> bytes:
         """The Prometheus text page, laid out as TF Serving's exporter writes it."""

@@ -2,9 +2,10 @@
 
 * `await run_async(plan, deadline)` on the event loop: with `--enable_batching`
   the rows join a batch and the coroutine awaits a future that the batch
-  thread resolves through `loop.call_soon_threadsafe`, so a waiting request
-  holds no thread; a cancelled caller (client gone) takes its rows out of the
-  queue. Without batching the session runs on a worker thread.
+  thread resolves on the loop, so a waiting request holds no thread; the
+  futures of one batch are resolved together, with one wake-up of the loop
+  rather than one per request. A cancelled caller (client gone) takes its rows
+  out of the queue. Without batching the session runs on a worker thread.
 * `run(plan, deadline)` on a thread (warmup replay, tests): the same, blocking.
 
 The remaining deadline becomes the session's `RunOptions.timeout_in_ms`; rows
@@ -17,9 +18,11 @@ its rows at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +54,33 @@ class RunPlan:
     finish: Callable[[list[np.ndarray]], Any]
 
 
+class _LoopWaker:
+    """Resolves finished tasks' futures on their event loop, one loop wake-up per batch.
+
+    A batch thread calls `finished(future)` for each task of a batch in a row;
+    only the first schedules `_resolve` on the loop, which resolves everything
+    queued by then (each `call_soon_threadsafe` is a write to the loop's wake-up
+    pipe and a loop iteration). Appending before reading the flag means a future
+    queued while `_resolve` runs is picked up by it or by the next one it schedules.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._finished: collections.deque[asyncio.Future] = collections.deque()
+        self._scheduled = False
+
+    def finished(self, future: asyncio.Future) -> None:
+        self._finished.append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        self._scheduled = False
+        while self._finished:
+            _set_done(self._finished.popleft())
+
+
 class PlanRunner:
     """Runs plans; the base of `DataPlane`.
 
@@ -80,6 +110,10 @@ class PlanRunner:
             int(getattr(options, "grpc_max_threads", 0)), int(getattr(options, "rest_api_num_threads", 0))
         )
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="session-run")
+        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_waker: _LoopWaker | None = None  # the server has one loop: skip the dict
 
     def close(self) -> None:
         """Stops the batch threads after the queued batches ran, then the workers (shutdown)."""
@@ -120,28 +154,40 @@ class PlanRunner:
         task = None
         if self.batcher is not None:
             done = loop.create_future()
-
-            def resolve(_task: Any) -> None:
-                loop.call_soon_threadsafe(_set_done, done)
-
-            task = self.batcher.submit(plan.servable, plan.feeds, plan.fetches, deadline, resolve)
+            finished = self._waker(loop).finished
+            task = self.batcher.submit(
+                plan.servable, plan.feeds, plan.fetches, deadline, lambda _task: finished(done)
+            )
         if task is None:  # no batching, or 0 rows
             outputs = await loop.run_in_executor(self.pool, self._run_direct, plan, deadline)
         else:
+            # One timer on the future itself: asyncio.wait_for would add a task per request.
+            timer = None
+            if deadline is not None:
+                timer = loop.call_later(max(0.0, deadline - time.monotonic()), _expire, done)
             try:
-                if deadline is None:
-                    await done
-                else:
-                    await asyncio.wait_for(done, max(0.0, deadline - time.monotonic()))
+                await done
             except TimeoutError:
                 self.batcher.cancel(task)  # type: ignore[union-attr]  # task implies a batcher
                 raise deadline_exceeded() from None
             except asyncio.CancelledError:
                 self.batcher.cancel(task)  # type: ignore[union-attr]
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             outputs = task.outputs()
         self._record(plan, start)
         return plan.finish(outputs)
+
+    def _waker(self, loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+        waker = self._last_waker
+        if waker is None or waker.loop is not loop:
+            waker = self._wakers.get(loop)
+            if waker is None:
+                waker = self._wakers[loop] = _LoopWaker(loop)
+            self._last_waker = waker
+        return waker
 
     def _record(self, plan: RunPlan, start: float) -> None:
         if self.metrics is not None:
@@ -171,6 +217,11 @@ class PlanRunner:
 def _set_done(future: asyncio.Future) -> None:
     if not future.done():  # the waiter may have given up already
         future.set_result(None)
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():  # the batch may have answered in the same loop iteration
+        future.set_exception(TimeoutError())
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -20,10 +20,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     model_pb2,
+    predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from serving.dataplane import DataPlane, RunPlan, make_model_spec
@@ -187,6 +192,50 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await self._serve("GetModelMetadata", request.model_spec.name, context, body, record=False)
 
 
+SERVICE_NAME = "tensorflow.serving.PredictionService"
+# Method → request message. Responses are serialized by their own SerializeToString.
+_REQUESTS = {
+    "Predict": predict_pb2.PredictRequest,
+    "Classify": classification_pb2.ClassificationRequest,
+    "Regress": regression_pb2.RegressionRequest,
+    "MultiInference": inference_pb2.MultiInferenceRequest,
+    "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest,
+}
+
+
+class _Undecodable:
+    """Stands for request bytes that do not parse as the method's message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: message.DecodeError):
+        self.error = error
+
+
+def _lenient_parser(request_type: Any) -> Callable[[bytes], Any]:
+    # grpc.aio answers a deserializer's exception with UNKNOWN "Unexpected <class ...>";
+    # every gRPC server answers INTERNAL for bytes that are not the request message.
+    def parse(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except message.DecodeError as e:
+            return _Undecodable(e)
+
+    return parse
+
+
+def _refusing_undecodable(method: Callable, request_type: Any) -> Callable:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"Exception deserializing request: not a {request_type.DESCRIPTOR.full_name} ({request.error})",
+            )
+        return await method(request, context)
+
+    return handle
+
+
 def add_prediction_service(
     server: grpc.aio.Server,
     manager: Any,
@@ -194,9 +243,21 @@ def add_prediction_service(
     metrics: Any = None,
     budget: InputBudget | None = None,
 ) -> PredictionServicer:
-    """Registers the PredictionService on a `grpc.aio.Server` and returns the servicer."""
+    """Registers the PredictionService on a `grpc.aio.Server` and returns the servicer.
+
+    The methods are those of `prediction_service_pb2_grpc`, registered here so that
+    request bytes that do not parse are answered INTERNAL naming the message type.
+    """
     servicer = PredictionServicer(manager, dataplane, metrics, budget)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _refusing_undecodable(getattr(servicer, name), request_type),
+            request_deserializer=_lenient_parser(request_type),
+            response_serializer=lambda response: response.SerializeToString(),
+        )
+        for name, request_type in _REQUESTS.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     return servicer
 
 

@@ -29,7 +29,9 @@ size would pass the input budget (`serving.memory`) is answered 429.
 
 Connections: REST listens on `::` (dual stack, as TF Serving does), or on
 0.0.0.0 where the host has no IPv6. Idle keep-alive connections close after
-`--rest_api_idle_timeout_s`. On shutdown (`drain`) the listening socket
+`--rest_api_idle_timeout_s`; a connection whose request line and headers have
+not all arrived `--rest_api_header_timeout_s` after their first byte is closed
+(aiohttp has no such setting: `_HeaderDeadlineProtocol` adds it). On shutdown (`drain`) the listening socket
 closes, every answer carries `Connection: close`, and the requests in flight
 finish within the grace period. A malformed HTTP request is logged as one
 line, without a traceback.
@@ -60,7 +62,7 @@ import grpc
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from google.protobuf import json_format
 
 from serving import openapi, playground, rest_examples, rest_request, rest_response, routes
@@ -146,6 +148,77 @@ class _OneLineErrors(logging.Filter):
 _SERVER_LOG_FILTER = _OneLineErrors()
 
 
+class _HeaderDeadlineProtocol(RequestHandler):
+    """aiohttp's connection handler, closing a connection whose request headers come too slowly.
+
+    The clock starts at the first byte of a request and stops when aiohttp has
+    parsed the request line and headers and calls the server's handler
+    (`headers_read`); the next request on a kept-alive connection starts it
+    again (`request_done`). Before the first byte, the idle timeout applies.
+    """
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._awaiting_headers = True
+
+    def data_received(self, data: bytes) -> None:
+        # Most requests arrive with all their headers in one read: no clock needed for those.
+        if (
+            self._awaiting_headers
+            and self._header_timer is None
+            and self.transport is not None
+            and b"\r\n\r\n" not in data
+        ):
+            self._header_timer = asyncio.get_running_loop().call_later(
+                self._header_timeout_s, self._headers_too_slow
+            )
+        super().data_received(data)
+
+    def headers_read(self) -> None:
+        self._awaiting_headers = False
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def request_done(self) -> None:
+        self._awaiting_headers = True
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self._awaiting_headers and self.transport is not None:
+            peer = self.transport.get_extra_info("peername")
+            log.info(
+                "closing REST connection from %s: request headers incomplete after %.1f s "
+                "(--rest_api_header_timeout_s)",
+                peer,
+                self._header_timeout_s,
+            )
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)
+
+
+class _Server(web.Server):
+    """`web.Server` whose connections get a header deadline (when one is set)."""
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._header_timeout_s = header_timeout_s
+
+    def __call__(self) -> RequestHandler:
+        if self._header_timeout_s <= 0:
+            return super().__call__()
+        return _HeaderDeadlineProtocol(
+            self, loop=self._loop, header_timeout_s=self._header_timeout_s, **self._kwargs
+        )
+
+
 class RestServer:
     """TF Serving's HTTP/REST front end, on the caller's event loop.
 
@@ -185,6 +258,7 @@ class RestServer:
         timeout_ms = int(options.rest_api_timeout_in_ms)
         self._timeout_s = timeout_ms / 1000.0 if timeout_ms > 0 else None
         self._idle_timeout_s = float(getattr(options, "rest_api_idle_timeout_s", 75.0))
+        self._header_timeout_s = float(getattr(options, "rest_api_header_timeout_s", 0.0))
         self._extra_headers = dict(_CORS_HEADERS) if options.rest_api_enable_cors_support else {}
         self._json_headers = {"Content-Type": _JSON, **self._extra_headers}
         self._prometheus_path = options.prometheus_path if options.prometheus_enabled else None
@@ -212,8 +286,12 @@ class RestServer:
         self._idle.set()
         # No access log: it costs per request and TF Serving writes none. Handler
         # cancellation: a client that disconnects cancels its request (and its queued rows).
-        server = web.Server(
-            self._handle, access_log=None, handler_cancellation=True, keepalive_timeout=self._idle_timeout_s
+        server = _Server(
+            self._handle,
+            header_timeout_s=self._header_timeout_s,
+            access_log=None,
+            handler_cancellation=True,
+            keepalive_timeout=self._idle_timeout_s,
         )
         self._runner = web.ServerRunner(server, shutdown_timeout=5.0)
         await self._runner.setup()
@@ -256,6 +334,16 @@ class RestServer:
     # ------------------------------------------------------------------ dispatch
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        if isinstance(protocol, _HeaderDeadlineProtocol):
+            protocol.headers_read()
+            try:
+                return await self._dispatch(request)
+            finally:
+                protocol.request_done()
+        return await self._dispatch(request)
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path = request.raw_path
         path = raw_path.split("?", 1)[0]
         if self._prometheus_path is not None and path == self._prometheus_path:
@@ -312,13 +400,21 @@ class RestServer:
         deadline = time.monotonic() + self._timeout_s if self._timeout_s else None
         try:
             body = await self._read_body(request)
-        except ServingError as e:
-            reply = _Reply.error(e)
-        except _BodyTooLarge as e:
-            reply = _Reply(413, rest_response.encode_error(str(e)), grpc.StatusCode.RESOURCE_EXHAUSTED.name)
-        else:
-            handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[api]
-            reply = await handler(name, version, label, body, deadline)
+        except (ServingError, _BodyTooLarge) as e:
+            if isinstance(e, ServingError):
+                reply = _Reply.error(e)
+            else:
+                reply = _Reply(
+                    413, rest_response.encode_error(str(e)), grpc.StatusCode.RESOURCE_EXHAUSTED.name
+                )
+            self._metrics.record_request(name, api, "REST", reply.code, time.perf_counter() - start)
+            response = self._respond(reply)
+            # The rest of the body was not read (too large, or it does not decode): the
+            # connection cannot carry another request, so say so rather than reset it.
+            response.force_close()
+            return response
+        handler = {"predict": self._predict, "classify": self._classify, "regress": self._regress}[api]
+        reply = await handler(name, version, label, body, deadline)
         self._metrics.record_request(name, api, "REST", reply.code, time.perf_counter() - start)
         return self._respond(reply)
 
@@ -326,11 +422,24 @@ class RestServer:
         """Reads (and gunzips, via aiohttp) the body, refusing more than the limit."""
         limit = self._max_body_bytes
         declared = request.content_length
-        if declared is not None and declared > limit and not request.headers.get("Content-Encoding"):
+        headers = request.headers
+        encoded = "Content-Encoding" in headers
+        if declared is not None and declared > limit and not encoded:
             raise _BodyTooLarge(declared, limit)
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        if headers.get("Expect", "").lower() == "100-continue":
             # Clients such as curl wait for this before sending large bodies.
             await request.writer.write(b"HTTP/%d.%d 100 Continue\r\n\r\n" % request.version)
+        if declared == 0 and not encoded:
+            return b""
+        if declared is not None and not encoded:
+            # The common case, in one read: the size is known and already checked.
+            try:
+                return await request.content.readexactly(declared)
+            except asyncio.IncompleteReadError as e:
+                raise invalid_argument(
+                    f"The request body ended after {len(e.partial)} of the {declared} bytes its "
+                    "Content-Length announced"
+                ) from e
         chunks: list[bytes] = []
         size = 0
         try:

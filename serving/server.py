@@ -37,6 +37,13 @@ import sys
 READY_MESSAGE = "textserve model server is ready"
 # TF Serving lifts gRPC's 4 MB default to INT32_MAX in both directions.
 MAX_MESSAGE_BYTES = 2**31 - 1
+# Calls gRPC's core may hold before the asyncio server has taken them. Past its
+# defaults (1,000, hard limit 3,000) the core drops calls with a bare CANCELLED
+# that the server never sees: a burst of 10,000 calls lost more than half that way
+# (tests/serving/test_dataplane_faults.py). With this bound every call reaches a
+# handler, which answers it at once (UNAVAILABLE when the batch queue is full),
+# so the calls held here stay few and short-lived.
+MAX_PENDING_GRPC_CALLS = 1 << 16
 
 log = logging.getLogger("serving.server")
 
@@ -239,7 +246,9 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            *channel_arguments,
+            ("grpc.server.max_pending_requests", MAX_PENDING_GRPC_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_GRPC_CALLS),
+            *channel_arguments,  # after ours: the user's values win
         ],
     )
     add_prediction_service(server, manager, dataplane, metrics, budget)

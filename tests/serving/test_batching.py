@@ -289,3 +289,45 @@ def test_different_dtypes_do_not_share_a_batch(servable):
         assert outcome["bad"].message == "Expects arg[0] to be float but string is provided"
     finally:
         scheduler.stop()
+
+
+def test_idle_fast_path_waits_for_as_many_rows_as_the_last_batch(servable):
+    """A lone request after a lone one runs at once; after a batch of 4 the next batch waits for 4 rows."""
+    params = config_protos.BatchingParameters()
+    params.max_batch_size.value = 8
+    params.batch_timeout_micros.value = 400_000
+    params.num_batch_threads.value = 1
+    metrics = Metrics()
+    scheduler = BatchScheduler(BatchingOptions.from_proto(params, idle_fast_path=True), metrics)
+    _run(scheduler, servable, [0.0])  # builds the session callable, off the clock
+    try:
+        started = time.monotonic()
+        _run(scheduler, servable, [1.0])
+        assert time.monotonic() - started < 0.3  # a batch of 1 expected: no wait
+        _run(scheduler, servable, [1.0, 2.0, 3.0, 4.0])  # the queue now expects 4 rows
+        runs_before = metrics.value(WRAPPED_RUN_COUNT)
+        results: dict[int, np.ndarray] = {}
+        started = time.monotonic()
+
+        def call(i: int) -> None:
+            results[i] = _run(scheduler, servable, [float(i)])
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.02)  # they trickle in, as callers coming back do
+        for thread in threads:
+            thread.join(30)
+        elapsed = time.monotonic() - started
+        # One run for the four callers (the first did not run alone), well before the timeout.
+        assert metrics.value(WRAPPED_RUN_COUNT) - runs_before == 1
+        assert elapsed < 0.35
+        assert {i: r.tolist() for i, r in results.items()} == {i: [0.5 * i + 2] for i in range(4)}
+        started = time.monotonic()
+        _run(scheduler, servable, [5.0])  # expects 4 again, but only one comes: waits for the timeout
+        assert time.monotonic() - started >= 0.35
+        started = time.monotonic()
+        _run(scheduler, servable, [6.0])  # load fell to one caller: runs at once again
+        assert time.monotonic() - started < 0.3
+    finally:
+        scheduler.stop()

@@ -72,3 +72,33 @@ def test_collector_works_with_prometheus_client_registry():
         registry.get_sample_value(":tensorflow:serving:request_count", {"model_name": "m", "status": "OK"})
         == 1.0
     )
+
+
+def test_counts_from_many_threads_add_up_without_a_lock():
+    """Each thread records into its own shard; the page sums them, losing no update."""
+    import threading
+
+    metrics = Metrics()
+    barrier = threading.Barrier(8)
+
+    def record(worker: int) -> None:
+        barrier.wait()
+        for i in range(2_000):
+            metrics.record_request("m", "Predict", "GRPC", "OK", 0.001 * (i % 3))
+            metrics.record_batch_queuing(f"pool{worker % 2}", 0.0002)
+
+    threads = [threading.Thread(target=record, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    lines = _lines(metrics)
+    assert ':tensorflow:serving:request_count{model_name="m",status="OK"} 16000' in lines
+    assert metrics.value(REQUEST_COUNT, "m", "OK") == 16_000
+    count_line = (
+        ':tensorflow:serving:request_latency_count{model_name="m",API="Predict",entrypoint="GRPC"} 16000'
+    )
+    assert count_line in lines
+    for pool in ("pool0", "pool1"):
+        prefix = f':tensorflow:serving:batching_session:queuing_latency_count{{thread_pool_name="{pool}"}}'
+        assert f"{prefix} 8000" in lines

@@ -1,0 +1,1 @@
+"""Benchmarks: batch scoring (bench_scoring.py) and serving (bench_serving.py, serving/)."""

@@ -1,0 +1,1 @@
+"""The serving benchmark's parts; the entry point is benchmarks/bench_serving.py."""
