@@ -190,7 +190,6 @@ class ServerOptions:
     rest_api_idle_timeout_s: int = flag(
         "int32", 75, "close a kept-alive REST connection idle this many seconds"
     )
-<<<<<<< HEAD
     rest_api_playground: bool = flag(
         "bool", False, "serve a page to try the models at / on the REST port (off: / is a plain 404)"
     )
@@ -202,13 +201,12 @@ class ServerOptions:
     )
     request_log_include_text: bool = flag(
         "bool", False, "also log the inputs themselves (default: only their fingerprints and sizes)"
-=======
+    )
     rest_api_header_timeout_s: float = flag(
         "float",
         10.0,
         "close a REST connection whose request line and headers take longer than this many seconds to "
         "arrive after their first byte, so slow clients cannot hold connections (0: no limit; not in TF Serving)",
->>>>>>> serving-a2
     )
 
     # Model lifecycle and input validation:
