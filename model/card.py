@@ -267,7 +267,7 @@ def render_markdown(card: dict) -> str:
         "```",
         "",
         "```python",
-        "from serving.client import TextClassifierClient",
+        "from pipeline.client import TextClassifierClient",
         calls["grpc"],
         "```",
         "",

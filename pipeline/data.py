@@ -1,32 +1,21 @@
-"""Reading labelled documents, validating them, and splitting them reproducibly.
+"""Labelled documents for training and evaluation: validated, deduplicated, split reproducibly.
 
-Three layouts are read:
-
-* a class-folder tree (`root/<label>/<doc>`), the BBC archive's layout; files
-  at the top level (README.TXT) are ignored and listed in the report;
-* CSV / TSV with a label column and one or more text columns, by name or
-  0-based index, with or without a header, quoted multi-line fields allowed;
-* JSON Lines with configurable keys.
-
-Readers yield `Record`s and never decide policy: a record that cannot be used
-carries a `problem`. Training (`ingest`) turns structural problems into errors
-that name file and line, and drops empty texts, missing labels and duplicates
-with a full account in `data_report.json`. Batch scoring reuses the readers
-with its own policy (bad records go to an errors file).
+The formats themselves are read by `pipeline/readers.py`, the same readers
+batch scoring uses. `ingest` applies training's policy on top of them: a
+record with a structural problem (short row, malformed JSON line, unreadable
+file) is an error that names file and line; empty texts, missing labels and
+duplicates are dropped with a full account in `data_report.json`.
 
 Nothing here tokenises: the duplicate key only folds whitespace and case.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,218 +23,12 @@ import numpy as np
 
 from pipeline.config import DataConfig, SplitConfig
 from pipeline.errors import DataError
+from pipeline.readers import Record, read_folder, read_records
 
-# csv's default field limit (128 KiB) is smaller than some real documents.
-csv.field_size_limit(2**31 - 1)
+# Re-exported: callers that read documents for other purposes (benchmarks) import them from here.
+__all__ = ["SPLITS", "DataConfig", "Dataset", "Record", "ingest", "read_folder", "read_records", "split_ids"]
 
 SPLITS = ("train", "validation", "test")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One document as read, before any policy is applied.
-
-    Attributes:
-      id: stable document id (given, or `relative/path` / `file:line`).
-      text: the document text, None when it could not be read.
-      label: the class name, None when absent.
-      source: the file the record came from.
-      line: 1-based line where the record starts (1 for whole-file documents).
-      problem: why the record is unusable, or None.
-      fallback_encoding: the encoding used when the bytes were not UTF-8.
-    """
-
-    id: str
-    text: str | None
-    label: str | None
-    source: str
-    line: int = 1
-    problem: str | None = None
-    fallback_encoding: str | None = None
-
-
-# --- Decoding ------------------------------------------------------------------
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    """Opens a (possibly gzipped) file as text; invalid UTF-8 survives as surrogates."""
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-
-
-def _repair(value: str, fallback_encoding: str) -> tuple[str, str | None]:
-    """Re-decodes a string that held invalid UTF-8 with the fallback encoding.
-
-    Returns:
-      The text and the encoding used for it, or None when it was valid UTF-8.
-    """
-    try:
-        value.encode("utf-8")
-        return value, None
-    except UnicodeEncodeError:
-        raw = value.encode("utf-8", errors="surrogateescape")
-        return raw.decode(fallback_encoding, errors="replace"), fallback_encoding
-
-
-def decode_document(raw: bytes, fallback_encoding: str) -> tuple[str, str | None]:
-    """Decodes a whole file: UTF-8 (with or without BOM), else the fallback encoding."""
-    try:
-        return raw.decode("utf-8-sig"), None
-    except UnicodeDecodeError:
-        return raw.decode(fallback_encoding, errors="replace"), fallback_encoding
-
-
-# --- Readers --------------------------------------------------------------------
-
-
-def read_folder(root: Path, fallback_encoding: str, ignored: list[str] | None = None) -> Iterator[Record]:
-    """Yields one record per file of a class-folder tree, in sorted order.
-
-    Args:
-      root: directory whose sub-directories are class names.
-      fallback_encoding: used for files that are not valid UTF-8.
-      ignored: if given, receives the top-level files that were skipped.
-    """
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            if ignored is not None:
-                ignored.append(str(entry))
-            continue
-        for path in sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            doc_id = path.relative_to(root).as_posix()
-            try:
-                raw = path.read_bytes()
-            except OSError as error:
-                raise DataError(f"{path}: cannot read file: {error.strerror}") from error
-            text, encoding = decode_document(raw, fallback_encoding)
-            yield Record(doc_id, text, entry.name, str(path), 1, None, encoding)
-
-
-def _column_index(column: str | int, header: list[str] | None, path: Path, line: int) -> int:
-    if isinstance(column, int):
-        return column
-    if header is None:
-        raise DataError(
-            f"{path}:{line}: column {column!r} given by name but the file is read without a "
-            f"header; set data.header=true or give a 0-based index."
-        )
-    if column not in header:
-        raise DataError(f"{path}:{line}: column {column!r} not found; the header has {header}.")
-    return header.index(column)
-
-
-def read_delimited(
-    path: Path, config: DataConfig, delimiter: str, *, text_columns: Sequence[str | int] | None = None
-) -> Iterator[Record]:
-    """Yields one record per CSV/TSV row (quoted multi-line fields allowed).
-
-    A row too short for a configured column yields a record with a `problem`;
-    a column missing from the header raises `DataError` at once.
-    """
-    text_columns = list(text_columns if text_columns is not None else config.text_column)
-    with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = None
-        if config.header:
-            try:
-                header = next(reader)
-            except StopIteration:
-                raise DataError(f"{path}:1: empty file, expected a header row.") from None
-        text_idx = [_column_index(c, header, path, 1) for c in text_columns]
-        label_idx = _column_index(config.label_column, header, path, 1) if config.label_column != "" else None
-        id_idx = _column_index(config.id_column, header, path, 1) if config.id_column != "" else None
-        start = reader.line_num + 1
-        for row in reader:
-            line, start = start, reader.line_num + 1
-            if not row:
-                continue  # a blank line is no record
-            doc_id = f"{path.name}:{line}"
-            needed = [i for i in [*text_idx, label_idx, id_idx] if i is not None]
-            if max(needed) >= len(row):
-                yield Record(
-                    doc_id,
-                    None,
-                    None,
-                    str(path),
-                    line,
-                    f"row has {len(row)} fields, column index {max(needed)} is missing",
-                )
-                continue
-            if id_idx is not None and row[id_idx].strip():
-                doc_id = row[id_idx].strip()
-            text, encoding = _repair(" ".join(row[i] for i in text_idx), config.fallback_encoding)
-            label = row[label_idx].strip() if label_idx is not None else None
-            yield Record(doc_id, text, label or None, str(path), line, None, encoding)
-
-
-def read_jsonl(
-    path: Path, config: DataConfig, *, text_keys: Sequence[str | int] | None = None
-) -> Iterator[Record]:
-    """Yields one record per JSON Lines line; bad lines carry a `problem`."""
-    text_keys = [str(k) for k in (text_keys if text_keys is not None else config.text_column)]
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            doc_id = f"{path.name}:{line_number}"
-            line, encoding = _repair(line, config.fallback_encoding)
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                yield Record(doc_id, None, None, str(path), line_number, f"malformed JSON: {error.msg}")
-                continue
-            if not isinstance(obj, dict):
-                yield Record(doc_id, None, None, str(path), line_number, "line is not a JSON object")
-                continue
-            missing = [k for k in text_keys if k not in obj]
-            if missing:
-                yield Record(doc_id, None, None, str(path), line_number, f"missing key(s) {missing}")
-                continue
-            if config.id_column != "" and obj.get(str(config.id_column)) not in (None, ""):
-                doc_id = str(obj[str(config.id_column)])
-            text = " ".join(str(obj[k]) for k in text_keys if obj[k] is not None)
-            label = obj.get(str(config.label_column))
-            yield Record(
-                doc_id,
-                text,
-                None if label in (None, "") else str(label),
-                str(path),
-                line_number,
-                None,
-                encoding,
-            )
-
-
-def detect_format(path: Path, configured: str) -> str:
-    """Picks the reader: the configured format, or folder / by file extension."""
-    if configured != "auto":
-        return configured
-    if path.is_dir():
-        return "folder"
-    name = path.name.lower().removesuffix(".gz")
-    for ext, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".jsonl", "jsonl"), (".json", "jsonl")):
-        if name.endswith(ext):
-            return fmt
-    raise DataError(
-        f"{path}: cannot tell the data format from the name; set data.format to one of "
-        f"folder, csv, tsv, jsonl."
-    )
-
-
-def read_records(path: Path, config: DataConfig, ignored: list[str] | None = None) -> Iterator[Record]:
-    """Yields the records of one input path with the reader its format needs."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory (pass --data PATH).")
-    fmt = detect_format(path, config.format)
-    if fmt == "folder":
-        if not path.is_dir():
-            raise DataError(f"{path}: data.format=folder needs a directory of class folders.")
-        return read_folder(path, config.fallback_encoding, ignored)
-    if fmt in ("csv", "tsv"):
-        return read_delimited(path, config, "," if fmt == "csv" else "\t")
-    return read_jsonl(path, config)
 
 
 # --- Ingest for training ------------------------------------------------------------------
@@ -289,7 +72,8 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     """Reads, validates and deduplicates labelled documents for training or evaluation.
 
     Args:
-      path: a class-folder directory or a CSV/TSV/JSONL file (optionally .gz).
+      path: a class-folder directory, a file of any format `pipeline/readers.py`
+        reads (optionally .gz), or a quoted glob.
       config: how to read it.
       deduplicate: drop exact duplicates (after whitespace and case folding);
         training does this before splitting so no test document leaks into
@@ -303,7 +87,6 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
         JSON line, short row), or one text under two labels; the message names
         the file and line of each place.
     """
-    path = Path(path)
     ignored: list[str] = []
     report: dict = {
         "source": str(path),

@@ -9,8 +9,8 @@
         --beam-args "--runner=DirectRunner --direct_num_workers=2"
 
 This module only turns flags into the frozen `ScoreConfig` and picks the
-runner; `pipeline/scoring.py` (tf.data), `pipeline/remote_scoring.py`
-(--server) and `pipeline/beam_scoring.py` (--runner beam) do the work.
+runner; the package `pipeline/scoring/` does the work (`job.py` for tf.data, with
+`predictors.py` for --server, and `beam.py` for --runner beam).
 Failures that stop the job before it runs (`ScoringError`) reach
 `pipeline.cli.main`, which prints them and exits 2.
 """
@@ -21,7 +21,7 @@ import argparse
 
 from pipeline.cli.common import column, fail
 from pipeline.errors import RunStopped
-from pipeline.scoring import INPUT_FORMATS, OUTPUT_FORMATS
+from pipeline.scoring.job import INPUT_FORMATS, OUTPUT_FORMATS
 
 _EPILOG = """\
 output files (for --output scores.jsonl):
@@ -173,7 +173,7 @@ def register(subparsers) -> None:
 
 
 def _run_score(args) -> int:
-    from pipeline.scoring import ScoreConfig, run_scoring
+    from pipeline.scoring.job import ScoreConfig, run_scoring
 
     try:
         config = ScoreConfig(
@@ -217,7 +217,7 @@ def _run_score(args) -> int:
 
 def _run_beam(config, beam_args: str) -> int:
     try:
-        from pipeline.beam_scoring import run_beam_scoring
+        from pipeline.scoring.beam import run_beam_scoring
     except ImportError as error:
         return fail(f"--runner beam needs Apache Beam: pip install '.[beam]' ({error}).")
     try:

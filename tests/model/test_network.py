@@ -9,6 +9,8 @@ from model.export import ExportedModel, export
 from model.network import TextClassifier
 from preprocessing.config import PreprocessingConfig
 
+pytestmark = pytest.mark.e2e  # each test trains small networks
+
 LABELS = ["markets", "sport"]
 TEXTS = [
     "Shares rose as investors bought bank stocks",

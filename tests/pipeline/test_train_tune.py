@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import TINY_OVERRIDES
 
 pytest.importorskip("keras_tuner")
+pytestmark = pytest.mark.e2e  # trains a model per trial
 
 
 def test_tune_writes_a_config_that_train_accepts(tiny_corpus, tmp_path):

@@ -1,21 +1,22 @@
-"""Scoring through a running TF Serving (or `textserve serve`) instead of in-process.
+"""Predictors: what turns a stream of record batches into model outputs.
 
-    textserve score feed.jsonl --server grpc://127.0.0.1:8500 --model-name bbc_news --output scored.jsonl
-    textserve score feed.jsonl --server http://127.0.0.1:8501 --model-name bbc_news --output scored.jsonl
+Both take the tf.data stream of `pipeline/scoring/inputs.py` and yield
+`(record batch, outputs)` pairs in input order, so sharding, error rows and
+resume are the same whichever predicts:
 
-Reading, sharding, error rows and resume are the tf.data job of
-`pipeline/scoring.py`; only the predictor differs. Each record batch becomes one
-Predict request on `serving_default` (gRPC `PredictionService/Predict`, or REST
-`POST /v1/models/NAME:predict` with columnar `inputs`), with up to
-`concurrency` requests in flight and answers consumed in request order, so the
-output order is the same as in-process.
-
-Class names (for `--probabilities`) are not outputs of `serving_default`; they
-come from one Classify call on the model's `classify` signature at start.
-
-Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, HTTP
-429/502/503/504, refused connections) are retried with backoff; anything else
-stops the run with the server's message, and `--resume` continues it later.
+* `LocalPredictor`: the exported SavedModel loaded in this process, its
+  `serving_default` called once per batch inside the tf.data pipeline (so it
+  overlaps with writing);
+* `RemotePredictor`: a running TF Serving (or `textserve serve`). Each record
+  batch becomes one Predict request on `serving_default` (gRPC
+  `PredictionService/Predict`, or REST `POST /v1/models/NAME:predict` with
+  columnar `inputs`), with up to `concurrency` requests in flight and answers
+  consumed in request order. Class names (for `--probabilities`) are not
+  outputs of `serving_default`; they come from one Classify call on the
+  model's `classify` signature at start. Transient failures (UNAVAILABLE,
+  DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, HTTP 429/502/503/504, refused
+  connections) are retried with backoff; anything else stops the run with the
+  server's message, and `--resume` continues it later.
 """
 
 from __future__ import annotations
@@ -28,12 +29,76 @@ import urllib.parse
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import orjson
 
 from pipeline.errors import RunStopped, ScoringError
 from preprocessing import names
+
+# Batches predicted ahead of the writer. Bounded, so memory does not grow with the input.
+_PREFETCH_BATCHES = 2
+
+
+class LocalPredictor:
+    """The exported SavedModel loaded in this process, run inside the tf.data pipeline.
+
+    Args:
+      path: export directory or version directory.
+
+    Raises:
+      ScoringError: no SavedModel there, or one without the expected signature.
+    """
+
+    def __init__(self, path: str | Path):
+        import tensorflow as tf
+
+        from model.export import ExportedModel
+
+        try:
+            self.model = ExportedModel(path)
+        except FileNotFoundError as error:
+            raise ScoringError(str(error)) from error
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            raise ScoringError(f"{path}: cannot load the SavedModel: {error}") from error
+        except KeyError as error:
+            raise ScoringError(
+                f"{path}: the SavedModel has no `{names.PREDICT_SIGNATURE}` signature; export it with "
+                f"`textserve train`."
+            ) from error
+        outputs = set(self.model.predict_fn.structured_outputs)
+        missing = {names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES} - outputs
+        inputs = self.model.predict_fn.structured_input_signature[1]
+        if missing or names.TEXT_KEY not in inputs:
+            raise ScoringError(
+                f"{self.model.version_dir}: `{names.PREDICT_SIGNATURE}` must take `{names.TEXT_KEY}` and "
+                f"return {sorted(names.PREDICT_OUTPUTS)}; it takes {sorted(inputs)} and returns {sorted(outputs)}."
+            )
+        self.label_names = self.model.label_names
+        self.description = str(self.model.version_dir)
+
+    def predictions(self, batches) -> Iterator[tuple[dict, dict]]:
+        """Yields (record batch, outputs) as numpy, predicting one batch ahead of the consumer."""
+        import tensorflow as tf
+
+        predict_fn = self.model.predict_fn
+        wanted = (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
+
+        def predict(batch):
+            outputs = predict_fn(text=batch["text"])  # one call per batch
+            return batch, {key: outputs[key] for key in wanted}
+
+        dataset = batches.map(predict, num_parallel_calls=1, deterministic=True).prefetch(_PREFETCH_BATCHES)
+        options = tf.data.Options()
+        options.experimental_optimization.map_parallelization = False
+        return dataset.with_options(options).as_numpy_iterator()
+
+    def close(self) -> None:
+        """Nothing to release (kept for symmetry with the remote predictor)."""
+
+
+# --- Through a model server ------------------------------------------------------------
 
 _RETRIES = 4
 _BACKOFF_S = 0.5

@@ -4,7 +4,7 @@
         --num-shards 16 --runner beam --beam-args "--runner=DirectRunner --direct_num_workers=2"
 
 Steps: list the inputs → Reshuffle (spread files over workers) → read each file
-with the readers of `pipeline/data.py` / `pipeline/scoring.py` → split records
+with the readers of `pipeline/readers.py` → split records
 that cannot be scored from the rest → RunInference with
 `SavedModelSignatureHandler` (loads the SavedModel with `tf.saved_model.load`
 and calls `serving_default` on batches of raw strings) → encode rows with the
@@ -47,21 +47,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.scoring import (
-    _OUTPUT_SUFFIX,
-    InputFile,
-    LocalPredictor,
-    OutputPaths,
-    RowBatch,
-    ScoreConfig,
-    ScoringError,
-    count_records,
-    csv_header,
-    encode_rows,
-    iter_records,
-    record_problem,
-    resolve_inputs,
-)
+from pipeline.errors import ScoringError
+from pipeline.readers import InputFile, read_input
+from pipeline.scoring.inputs import record_problem
+from pipeline.scoring.job import ScoreConfig, count_inputs
+from pipeline.scoring.predictors import LocalPredictor
+from pipeline.scoring.shards import OutputPaths
+from pipeline.scoring.writers import OUTPUT_SUFFIX, RowBatch, csv_header, encode_rows
 from preprocessing import names
 
 _NAMESPACE = "textserve.score"
@@ -127,7 +119,7 @@ class _ReadRecords(beam.DoFn):
         from pathlib import Path
 
         data_config = self._config.data_config()
-        for record in iter_records(InputFile(Path(source[0]), source[1]), data_config):
+        for record in read_input(InputFile(Path(source[0]), source[1]), data_config):
             self._read.inc()
             problem = record_problem(record, bool(self._config.fallback_encoding))
             row = {"id": record.id, "source": record.source, "line": record.line}
@@ -170,7 +162,7 @@ def _write(rows, config: ScoreConfig, paths: OutputPaths, prob_keys: Sequence[st
         first = str(paths.shards[0])
         prefix, suffix, template = (
             first[: first.rindex("-00000-of-")],
-            _OUTPUT_SUFFIX[config.output_format],
+            OUTPUT_SUFFIX[config.output_format],
             "-SSSSS-of-NNNNN",
         )
     common: dict[str, Any] = {
@@ -244,12 +236,12 @@ def run_beam_scoring(config: ScoreConfig, beam_args: str = "", log=print) -> dic
     if config.resume:
         raise ScoringError("--resume is for the tf.data runner; a Beam runner retries failed work itself.")
     started = time.monotonic()
-    paths = OutputPaths.for_config(config)
+    paths = config.paths()
     existing = [p for p in (*paths.shards, paths.errors, paths.summary) if p.exists()]
     if existing and not config.overwrite:
         raise ScoringError(f"{existing[0]} already exists; pass --overwrite to replace it.")
-    sources = resolve_inputs(config.inputs, config.input_format)
-    total = sum(count_records(source, config.data_config()) for source in sources)
+    sources, counts = count_inputs(config)
+    total = sum(counts)
     model = LocalPredictor(config.model)  # fails at launch on an invalid model
     label_names, version_dir = model.label_names, str(model.model.version_dir)
     del model
