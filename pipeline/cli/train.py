@@ -50,7 +50,7 @@ def register(subparsers) -> None:
         "tune",
         help="search hyperparameters with KerasTuner on the validation split; writes a TOML for train --config",
         description="Search an architecture's hyperparameters with KerasTuner (Bayesian optimisation) "
-        "on the training split, scored on the validation split only (the test split is never read). "
+        "on the training split, scored by validation loss (the test split is never read). "
         "Writes OUT/best_config.toml, which `textserve train --config` takes, and OUT/trials.json. "
         "Needs the `tune` extra: pip install 'textserve[tune]'.",
     )
@@ -177,7 +177,8 @@ def _run_tune(args) -> int:
     out = Path(args.out or f"runs/tune-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
     result = tune(config, args.data, out, trials=args.trials)
     print(
-        f"\nbest of {result.trials} trials: validation accuracy {result.best_score:.4f}\n"
+        f"\nbest of {result.trials} trials: validation loss {result.best_loss:.4f}, "
+        f"accuracy {result.best_accuracy:.4f}\n"
         f"        {', '.join(f'{k}={v}' for k, v in result.best_values.items())}\n"
         f"config: {result.config_path}\n"
         f"try:    textserve train --data {args.data} --config {result.config_path} --repeats 5"

@@ -20,7 +20,8 @@ def test_tune_writes_a_config_that_train_accepts(tiny_corpus, tmp_path):
 
     trials = json.loads((tmp_path / "tune" / "trials.json").read_text())
     assert result.trials == len(trials) == 2
-    assert result.best_score == max(t["validation_accuracy"] for t in trials)
+    assert result.best_loss == min(t["validation_loss"] for t in trials)
+    assert result.best_accuracy == trials[0]["validation_accuracy"]
     assert set(result.best_values) == {key for key, _, _ in SEARCH_SPACES["tfidf"]}
     low, high = SEARCH_SPACES["tfidf"][1][2]
     assert low <= result.best_values["train.learning_rate"] <= high
