@@ -67,7 +67,7 @@ def markdown_table(rows: list[dict], repeats: int) -> str:
             f"| `{row['arch']}` | {row['accuracy_mean']:.4f} ± {row['accuracy_sd']:.4f} "
             f"| {row['macro_f1_mean']:.4f} ± {row['macro_f1_sd']:.4f} | {min(values):.3f} – {max(values):.3f} "
             f"| {row['configured_split_accuracy']:.4f} | {row['fit_seconds']:.0f} / {row['total_seconds']:.0f} "
-            f"| {row['fit_cpu_seconds'] or 0:.0f} / {row['total_cpu_seconds'] or 0:.0f} |"
+            f"| {row.get('fit_cpu_seconds') or 0:.0f} / {row.get('total_cpu_seconds') or 0:.0f} |"
         )
     return "\n".join(lines)
 

@@ -519,9 +519,10 @@ def train(
         repeat_started = time.perf_counter()
         repeats = _run_repeats(config, dataset, data_path, run_dir, log)
         repeats["seconds"] = round(time.perf_counter() - repeat_started, 1)
-        read = watch.laps["read"]
+        read, read_cpu = watch.laps["read"], watch.cpu_laps["read"]
         watch = _Stopwatch()  # the timings below describe the configured run alone
         watch.started -= read
-        watch.laps["read"] = read
+        watch.cpu_started -= read_cpu
+        watch.laps["read"], watch.cpu_laps["read"] = read, read_cpu
     metrics, version_dir = _train_split(config, dataset, data_path, run_dir, watch, verbose, log, repeats)
     return RunResult(run_dir, version_dir, metrics, watch.total()["total"], metrics["timings"], repeats)
