@@ -327,6 +327,15 @@ class ModelRepository:
         with self._write_lock:
             self._status = {**self._status, name: {**self._status.get(name, {}), version: record}}
 
+    def changed_failures(self, name: str, found: dict[int, str]) -> set[int]:
+        """Versions among `found` whose last load failed and whose files changed since."""
+        changed = set()
+        for version, path in found.items():
+            record = self.status_of(name, version)
+            if record and record.failed and record.failed_fingerprint != version_fingerprint(path):
+                changed.add(version)
+        return changed
+
     def serving(self, name: str) -> dict[int, Servable]:
         """The AVAILABLE versions of a model and their servables."""
         return dict(self._routes.get(name, {}))
