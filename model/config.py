@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from preprocessing.config import check_choice
 
-ARCHITECTURES = ("bilstm", "tfidf")
+ARCHITECTURES = ("bilstm", "cnn", "fasttext", "tfidf", "ensemble")
+# What an `ensemble` may average: any architecture but itself.
+MEMBER_ARCHITECTURES = ARCHITECTURES[:-1]
 
 
 @dataclass(frozen=True)
@@ -21,9 +23,29 @@ class ModelConfig:
     embedding_dim: int = 64
     lstm_units: int = 64
     dense_units: int = 64
-    ngrams: int = 2  # tfidf: unigrams and bigrams
+    ngrams: int = 2  # tfidf, fasttext: unigrams and bigrams
     tfidf_max_tokens: int = 20000  # tfidf: its own vocabulary (n-grams need more room)
-    dropout: float = 0.4  # bilstm: spatial dropout on embeddings; tfidf: dropout on features
+    dropout: float = 0.4  # bilstm/cnn: spatial dropout on embeddings; cnn/fasttext/tfidf: before the softmax
+    cnn_filters: int = 64  # cnn: filters per kernel width
+    cnn_kernel_sizes: tuple[int, ...] = (3, 4, 5)  # cnn: phrase widths in tokens
+    ensemble_members: tuple[str, ...] = ("tfidf", "fasttext")  # ensemble: architectures averaged
 
     def __post_init__(self) -> None:
         check_choice("model.arch", self.arch, ARCHITECTURES)
+        sizes = self.cnn_kernel_sizes
+        if isinstance(sizes, int):
+            sizes = (sizes,)
+        if not sizes or any(not isinstance(w, int) or w < 1 for w in sizes):
+            raise ValueError(f"`model.cnn_kernel_sizes` must be positive integers, received {sizes!r}.")
+        object.__setattr__(self, "cnn_kernel_sizes", tuple(sizes))
+        members = self.ensemble_members
+        members = (members,) if isinstance(members, str) else tuple(members)
+        for member in members:
+            check_choice("model.ensemble_members", member, MEMBER_ARCHITECTURES)
+        if len(members) < 2:
+            raise ValueError(
+                f"`model.ensemble_members` needs two or more architectures, received {list(members)}."
+            )
+        object.__setattr__(self, "ensemble_members", members)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"`model.dropout` must be in [0, 1), received {self.dropout!r}.")

@@ -40,7 +40,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from model.network import TextClassifier
+from model.network import EnsembleClassifier, TextClassifier
 from preprocessing import names
 
 
@@ -53,15 +53,23 @@ class _LabelNames(tf.Module):
 
 
 class ServingFunctions:
-    """The functions exported as signatures around a trained `TextClassifier`."""
+    """The functions exported as signatures around a trained `TextClassifier`.
 
-    def __init__(self, classifier: TextClassifier):
+    Both signatures call one `tf.function` for the probabilities, so the
+    preprocessing and the network are traced once, not once per signature
+    (tracing a recurrent network is most of an export's time).
+    """
+
+    def __init__(self, classifier: TextClassifier | EnsembleClassifier):
         self.classifier = classifier
         self.labels = _LabelNames(classifier.label_names)
+        self.probabilities = tf.function(
+            classifier.__call__, input_signature=[tf.TensorSpec([None], tf.string, name=names.TEXT_KEY)]
+        )
 
     def predict(self, text):
         """Raw documents → probabilities, top label, its index and its score."""
-        probabilities = self.classifier(text)  # [batch, classes]
+        probabilities = self.probabilities(text)  # [batch, classes]
         class_id = tf.argmax(probabilities, axis=-1)  # int64 [batch]
         return {
             names.PROBABILITIES: probabilities,
@@ -75,7 +83,7 @@ class ServingFunctions:
         features = tf.io.parse_example(
             inputs, {names.TEXT_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
         )
-        scores = self.classifier(features[names.TEXT_KEY])  # [batch, classes]
+        scores = self.probabilities(features[names.TEXT_KEY])  # [batch, classes]
         classes = tf.tile(self.labels.label_names[tf.newaxis, :], [tf.shape(inputs)[0], 1])
         return {names.CLASSES: classes, names.SCORES: scores}
 
@@ -116,7 +124,7 @@ def write_warmup_requests(version_dir: Path, texts: Sequence[str], model_name: s
     return path
 
 
-def export(classifier: TextClassifier, version_dir: Path):
+def export(classifier: TextClassifier | EnsembleClassifier, version_dir: Path) -> None:
     """Saves the classifier as a self-contained SavedModel with both signatures.
 
     Keras's `ExportArchive` is used rather than `tf.saved_model.save` on a
@@ -125,12 +133,9 @@ def export(classifier: TextClassifier, version_dir: Path):
     them; a module holding Keras 3 layers exports handles they cannot restore.
 
     Args:
-      classifier: an adapted, trained classifier.
+      classifier: an adapted, trained classifier (or an ensemble of them).
       version_dir: where the SavedModel goes (a `StagedExport.path`); must
         not hold one yet.
-
-    Returns:
-      The in-memory `serving_default` function (a `tf.function`), for verification.
 
     Raises:
       FileExistsError: `version_dir` already holds a SavedModel.
@@ -139,15 +144,13 @@ def export(classifier: TextClassifier, version_dir: Path):
         raise FileExistsError(f"{version_dir} already holds a SavedModel; refusing to overwrite it.")
     functions = ServingFunctions(classifier)
     archive = keras.export.ExportArchive()
-    for layer in (classifier.standardizer, classifier.vectorizer, classifier.fitter, classifier.network):
-        if layer is not None:
-            archive.track(layer)  # lookup tables and weights
+    for layer in classifier.trackables():
+        archive.track(layer)  # lookup tables and weights
     archive.track(functions.labels)
     archive.add_endpoint(names.PREDICT_SIGNATURE, functions.predict, input_signature=_PREDICT_INPUT)
     archive.add_endpoint(names.CLASSIFY_SIGNATURE, functions.classify, input_signature=_CLASSIFY_INPUT)
     archive.write_out(str(version_dir), verbose=False)
     _set_method_name(version_dir, names.CLASSIFY_SIGNATURE, names.CLASSIFY_METHOD)
-    return tf.function(functions.predict, input_signature=_PREDICT_INPUT)
 
 
 # Files a version must hold before it is renamed into place.

@@ -80,16 +80,46 @@ def evaluate_export(model: ExportedModel, data: Dataset) -> dict:
     return classification_metrics(data.labels, predict_labels(model, data.texts), model.label_names)
 
 
-def format_metrics(name: str, metrics: dict) -> str:
-    """A short human-readable block: headline figures and per-class F1."""
-    lines = [
-        f"{name}: accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-        f"({metrics['count']} documents)"
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned first column, right-aligned numbers, two spaces between columns."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in [header, *rows]
     ]
-    for label, values in metrics["per_class"].items():
-        lines.append(
-            f"  {label:<16} precision {values['precision']:.3f}  recall {values['recall']:.3f}  "
-            f"F1 {values['f1']:.3f}  n={values['support']}"
+
+
+def format_metrics(name: str, metrics: dict) -> str:
+    """Headline figures, per-class table and confusion matrix, as aligned plain-text tables.
+
+    Args:
+      name: what was evaluated (data and model), for the first line.
+      metrics: a dict from `classification_metrics`.
+
+    Returns:
+      Text for a terminal; `--json` output is the dict itself.
+    """
+    lines = [
+        f"{name}",
+        f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+        f"documents {metrics['count']}",
+        "",
+    ]
+    per_class = metrics["per_class"]
+    lines += _table(
+        ["class", "precision", "recall", "F1", "support"],
+        [
+            [label, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+            for label, v in per_class.items()
+        ],
+    )
+    confusion = metrics.get("confusion_matrix")
+    if confusion:
+        labels = confusion["labels"]
+        lines += ["", "confusion matrix (rows: true class, columns: predicted class)"]
+        lines += _table(
+            ["true \\ predicted", *labels],
+            [[label, *(str(count) for count in row)] for label, row in zip(labels, confusion["matrix"])],
         )
     return "\n".join(lines)
 

@@ -24,7 +24,10 @@ def test_defaults_are_the_tutorials():
     config = load_config()
     assert (config.preprocessing.max_tokens, config.preprocessing.sequence_length) == (5000, 200)
     assert (config.preprocessing.padding, config.preprocessing.truncating) == ("post", "post")
-    assert config.model.arch == "bilstm" and config.train.epochs == 10
+    # The BiLSTM's optimisation defaults moved (README "Training"): 20 epochs with
+    # patience 4 and clipped gradients instead of the tutorial's 10 epochs.
+    assert config.model.arch == "bilstm" and config.train.epochs == 20
+    assert (config.train.early_stopping_patience, config.train.clipnorm) == (4, 1.0)
     assert (config.model.embedding_dim, config.model.lstm_units, config.model.dense_units) == (64, 64, 64)
 
 
@@ -76,3 +79,58 @@ def test_toml_round_trip_and_frozen(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.train.epochs = 1  # type: ignore[misc]
     assert PipelineConfig().fingerprint() == load_config().fingerprint()
+
+
+def test_every_architecture_has_defaults_that_only_apply_unless_set():
+    from pipeline.config import ARCH_DEFAULTS, ARCHITECTURES
+
+    assert set(ARCH_DEFAULTS) == set(ARCHITECTURES)
+    cnn = load_config(None, ["model.arch=cnn"])
+    assert cnn.preprocessing.sequence_length == ARCH_DEFAULTS["cnn"]["preprocessing.sequence_length"]
+    assert cnn.model.cnn_kernel_sizes == (3, 4, 5)
+    assert (
+        load_config(
+            None, ["model.arch=cnn", "preprocessing.sequence_length=50"]
+        ).preprocessing.sequence_length
+        == 50
+    )
+    fasttext = load_config(None, ["model.arch=fasttext"])
+    assert (
+        fasttext.model.ngrams == 2
+        and fasttext.preprocessing.max_tokens > load_config().preprocessing.max_tokens
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.repeats=-1", "train.repeats` must be >= 0"),
+        ("model.cnn_kernel_sizes=[3, 0]", "model.cnn_kernel_sizes` must be positive integers"),
+        ("model.dropout=1.0", r"model.dropout` must be in \[0, 1\)"),
+    ],
+)
+def test_new_keys_are_validated(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, [override])
+
+
+def test_repeats_and_kernel_sizes_round_trip(tmp_path):
+    config = load_config(None, ["model.arch=cnn", "model.cnn_kernel_sizes=[2, 3]", "train.repeats=3"])
+    path = tmp_path / "c.toml"
+    path.write_text(config.to_toml())
+    assert load_config(path) == config and config.model.cnn_kernel_sizes == (2, 3)
+
+
+def test_ensemble_members_take_their_own_defaults_unless_the_run_sets_a_key():
+    from pipeline.config import ARCH_DEFAULTS, member_config
+
+    ensemble = load_config(
+        None, ["model.arch=ensemble", "model.ensemble_members=['tfidf', 'cnn']", "train.epochs=4"]
+    )
+    tfidf, cnn = (member_config(ensemble, arch) for arch in ensemble.model.ensemble_members)
+    assert (tfidf.model.arch, cnn.model.arch) == ("tfidf", "cnn")
+    assert tfidf.train.learning_rate == ARCH_DEFAULTS["tfidf"]["train.learning_rate"]
+    assert cnn.preprocessing.max_tokens == ARCH_DEFAULTS["cnn"]["preprocessing.max_tokens"]
+    assert tfidf.train.epochs == cnn.train.epochs == 4  # set for the ensemble: every member
+    with pytest.raises(ValueError, match=r"model\.ensemble_members` must be one of"):
+        load_config(None, ["model.arch=ensemble", "model.ensemble_members=['tfidf', 'ensemble']"])

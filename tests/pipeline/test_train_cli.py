@@ -28,7 +28,7 @@ def _textserve(*args, input_text=None, timeout=300):
 
 
 def test_help_for_every_command():
-    for command in ([], ["train"], ["evaluate"], ["predict"], ["data", "fetch"]):
+    for command in ([], ["train"], ["tune"], ["evaluate"], ["predict"], ["data", "fetch"]):
         shown = _textserve(*command, "--help", timeout=60)
         assert shown.returncode == 0 and "usage: textserve" in shown.stdout, command
 
@@ -36,9 +36,25 @@ def test_help_for_every_command():
 def test_train_predict_evaluate_cli(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     sets = [arg for override in TINY_OVERRIDES for arg in ("--set", override)]
-    trained = _textserve("train", "--data", str(tiny_corpus), "--out", str(run), "--quiet", *sets)
+    trained = _textserve(
+        "train", "--data", str(tiny_corpus), "--out", str(run), "--quiet", "--repeats", "2", *sets
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "test accuracy" in trained.stdout and f"export: {run}/export/1" in trained.stdout
+    # Repeated splits: mean ± sd of both figures, from two more exported runs.
+    metrics = json.loads((run / "metrics.json").read_text())
+    repeats = metrics["repeats"]
+    assert repeats["split_seeds"] == [1, 2] and len(repeats["accuracy"]["values"]) == 2
+    for seed, accuracy in zip((1, 2), repeats["accuracy"]["values"]):
+        repeat_metrics = json.loads((run / "repeats" / f"split-seed-{seed}" / "metrics.json").read_text())
+        assert repeat_metrics["test"]["accuracy"] == accuracy
+        assert (run / "repeats" / f"split-seed-{seed}" / "export" / "1" / "saved_model.pb").is_file()
+    summary = f"repeats: test accuracy {repeats['accuracy']['mean']:.4f} ± {repeats['accuracy']['sd']:.4f}"
+    assert summary in trained.stdout
+    # The cost of the run beside that of model.fit alone, and what early stopping did.
+    fit, total = metrics["timings"]["fit"], metrics["timings"]["total"]
+    assert 0 < fit < total and f"model.fit {fit:.1f} s ({total / fit:.2f}x the fit)" in trained.stdout
+    assert "ran all 2 epochs; kept the weights of epoch" in trained.stdout
 
     predicted = _textserve(
         "predict", "--model", str(run / "export"), "rocket orbit launch", "oven flour bake"
@@ -57,6 +73,15 @@ def test_train_predict_evaluate_cli(tiny_corpus, tmp_path):
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "accuracy" in evaluated.stdout and json.loads(out.read_text())["count"] == 96
+    lines = evaluated.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("class "))
+    assert header.split() == ["class", "precision", "recall", "F1", "support"]
+    matrix_header = lines[lines.index("confusion matrix (rows: true class, columns: predicted class)") + 1]
+    assert matrix_header.split()[-4:] == ["cooking", "football", "markets", "space"]
+    rows = [line.split() for line in lines[lines.index(matrix_header) + 1 :][:4]]
+    assert sum(int(count) for row in rows for count in row[1:]) == 96  # every document in the table
+    as_json = _textserve("evaluate", "--model", str(run / "export"), "--data", str(tiny_corpus), "--json")
+    assert json.loads(as_json.stdout)["count"] == 96
 
 
 def test_bad_inputs_fail_with_clear_messages(tmp_path):
