@@ -208,6 +208,12 @@ class ServerOptions:
         "close a REST connection whose request line and headers take longer than this many seconds to "
         "arrive after their first byte, so slow clients cannot hold connections (0: no limit; not in TF Serving)",
     )
+    grpc_allow_port_sharing: bool = flag(
+        "bool",
+        False,
+        "let a second server bind the same gRPC port (SO_REUSEPORT; TF Serving allows it silently, "
+        "tensorflow/serving#1288); off: a busy port stops start-up naming the process holding it",
+    )
 
     # Model lifecycle and input validation:
 

@@ -239,6 +239,7 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
 
     from serving.memory import InputBudget
     from serving.model_service import add_model_service
+    from serving.ports import busy_port_message, port_is_free
     from serving.prediction_service import add_prediction_service
 
     budget = InputBudget(options.max_request_input_bytes, options.max_inflight_input_bytes)
@@ -248,6 +249,9 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.server.max_pending_requests", MAX_PENDING_GRPC_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_GRPC_CALLS),
+            # gRPC sets SO_REUSEPORT by default, so a second server on a busy port would
+            # start and share it silently; refuse unless sharing is asked for.
+            ("grpc.so_reuseport", 1 if options.grpc_allow_port_sharing else 0),
             *channel_arguments,  # after ours: the user's values win
         ],
     )
@@ -265,8 +269,15 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
         except RuntimeError:
             bound = 0
         if not bound:
+            reason = ""
+            if address.startswith("0.0.0.0:") and not port_is_free(options.port):
+                reason = (
+                    ": "
+                    + busy_port_message(options.port, "the gRPC")
+                    + (" (--grpc_allow_port_sharing=true lets two servers share it)")
+                )
             return _startup_failure(
-                "UNAVAILABLE", f"Failed to BuildAndStart gRPC server: cannot listen on {address}"
+                "UNAVAILABLE", f"Failed to BuildAndStart gRPC server: cannot listen on {address}{reason}"
             )
     await server.start()
     for address in addresses:
@@ -287,8 +298,11 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
                 await rest_server.open()
             except OSError as e:
                 await server.stop(0)
+                why = str(e)
+                if not port_is_free(options.rest_api_port):
+                    why = busy_port_message(options.rest_api_port, "the REST")
                 return _startup_failure(
-                    "UNAVAILABLE", f"Failed to start HTTP Server at localhost:{options.rest_api_port}: {e}"
+                    "UNAVAILABLE", f"Failed to start HTTP Server at localhost:{options.rest_api_port}: {why}"
                 )
             log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_api_port)
 

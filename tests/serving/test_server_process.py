@@ -148,6 +148,29 @@ def test_relative_base_path_fails_startup():
     ) in result.stderr
 
 
+def test_busy_ports_stop_startup_naming_the_holder(tfs_testdata, tmp_path):
+    """gRPC's SO_REUSEPORT would let a second server share the port silently; we refuse."""
+    import socket
+
+    base = copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path / "hp2")
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        grpc_busy = run_server_to_exit([f"--model_base_path={base}", f"--port={port}"])
+        rest_busy = run_server_to_exit(
+            [f"--model_base_path={base}", f"--port={free_port()}", f"--rest_api_port={port}"]
+        )
+    assert grpc_busy.returncode == 1 and rest_busy.returncode == 1
+    assert f"the gRPC port {port} is already in use: it is held by pid {os.getpid()} " in grpc_busy.stderr
+    assert "--grpc_allow_port_sharing=true" in grpc_busy.stderr
+    assert f"the REST port {port} is already in use: it is held by pid {os.getpid()} " in rest_busy.stderr
+    for result in (grpc_busy, rest_busy):
+        assert (
+            "Failed to start server. Error: UNAVAILABLE" in result.stderr and "Traceback" not in result.stderr
+        )
+
+
 # ---- a served two-version model: status, reload, labels ----------------------------------
 
 
@@ -162,6 +185,14 @@ def two_versions(tfs_testdata, tmp_path_factory):
         channel = grpc.insecure_channel(srv.grpc_target)
         yield srv, channel, base
         channel.close()
+
+
+def test_second_server_on_a_served_grpc_port_is_refused(two_versions, tfs_testdata, tmp_path):
+    srv, _, _ = two_versions
+    base = copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path / "hp2")
+    second = run_server_to_exit([f"--model_base_path={base}", f"--port={srv.grpc_port}"])
+    assert second.returncode == 1, second.stderr[-2000:]
+    assert f"the gRPC port {srv.grpc_port} is already in use: it is held by pid {srv.pid} " in second.stderr
 
 
 def test_get_model_status_lists_versions_newest_first(two_versions):
