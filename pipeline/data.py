@@ -22,10 +22,9 @@ from pathlib import Path
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
 from pipeline.readers import Record, read_folder, read_records
-from pipeline.splits import SPLITS
 
 # Re-exported: callers that read documents for other purposes (benchmarks) import them from here.
-__all__ = ["SPLITS", "DataConfig", "Dataset", "Record", "ingest", "read_folder", "read_records"]
+__all__ = ["DataConfig", "Dataset", "Record", "ingest", "read_folder", "read_records"]
 
 
 # --- Ingest for training ------------------------------------------------------------------

@@ -31,7 +31,7 @@ Connections: REST listens on `::` (dual stack, as TF Serving does), or on
 0.0.0.0 where the host has no IPv6. Idle keep-alive connections close after
 `--rest_api_idle_timeout_s`; a connection whose request line and headers have
 not all arrived `--rest_api_header_timeout_s` after their first byte is closed
-(aiohttp has no such setting: `_HeaderDeadlineProtocol` adds it). On shutdown (`drain`) the listening socket
+(aiohttp has no such setting: `rest_hosting.HeaderDeadlineProtocol` adds it). On shutdown (`drain`) the listening socket
 closes, every answer carries `Connection: close`, and the requests in flight
 finish within the grace period. A malformed HTTP request is logged as one
 line, without a traceback.
@@ -45,11 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import errno
 import functools
 import logging
 import re
-import socket
 import threading
 import time
 import urllib.parse
@@ -62,11 +60,11 @@ import grpc
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
-from serving import openapi, playground, rest_examples, rest_request, rest_response, routes
-from serving.errors import ServingError, as_serving_error, deadline_exceeded, escape_for_log, invalid_argument
+from serving import openapi, playground, rest_examples, rest_hosting, rest_request, rest_response, routes
+from serving.errors import ServingError, as_serving_error, deadline_exceeded, invalid_argument
 from serving.memory import InputBudget
 
 log = logging.getLogger(__name__)
@@ -131,92 +129,7 @@ def _guarded(handler: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitabl
     return wrapper
 
 
-class _OneLineErrors(logging.Filter):
-    """Logs aiohttp's malformed-request errors as one escaped line instead of a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            error = record.exc_info[1]
-            detail = getattr(error, "message", None) or str(error)
-            record.msg = escape_for_log(f"{record.getMessage()}: {type(error).__name__}: {detail}")[:500]
-            record.args = ()
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-_SERVER_LOG_FILTER = _OneLineErrors()
-
-
-class _HeaderDeadlineProtocol(RequestHandler):
-    """aiohttp's connection handler, closing a connection whose request headers come too slowly.
-
-    The clock starts at the first byte of a request and stops when aiohttp has
-    parsed the request line and headers and calls the server's handler
-    (`headers_read`); the next request on a kept-alive connection starts it
-    again (`request_done`). Before the first byte, the idle timeout applies.
-    """
-
-    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._header_timeout_s = header_timeout_s
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._awaiting_headers = True
-
-    def data_received(self, data: bytes) -> None:
-        # Most requests arrive with all their headers in one read: no clock needed for those.
-        if (
-            self._awaiting_headers
-            and self._header_timer is None
-            and self.transport is not None
-            and b"\r\n\r\n" not in data
-        ):
-            self._header_timer = asyncio.get_running_loop().call_later(
-                self._header_timeout_s, self._headers_too_slow
-            )
-        super().data_received(data)
-
-    def headers_read(self) -> None:
-        self._awaiting_headers = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def request_done(self) -> None:
-        self._awaiting_headers = True
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        if self._awaiting_headers and self.transport is not None:
-            peer = self.transport.get_extra_info("peername")
-            log.info(
-                "closing REST connection from %s: request headers incomplete after %.1f s "
-                "(--rest_api_header_timeout_s)",
-                peer,
-                self._header_timeout_s,
-            )
-            self.force_close()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        super().connection_lost(exc)
-
-
-class _Server(web.Server):
-    """`web.Server` whose connections get a header deadline (when one is set)."""
-
-    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._header_timeout_s = header_timeout_s
-
-    def __call__(self) -> RequestHandler:
-        if self._header_timeout_s <= 0:
-            return super().__call__()
-        return _HeaderDeadlineProtocol(
-            self, loop=self._loop, header_timeout_s=self._header_timeout_s, **self._kwargs
-        )
+_SERVER_LOG_FILTER = rest_hosting.OneLineErrors()
 
 
 class RestServer:
@@ -286,7 +199,7 @@ class RestServer:
         self._idle.set()
         # No access log: it costs per request and TF Serving writes none. Handler
         # cancellation: a client that disconnects cancels its request (and its queued rows).
-        server = _Server(
+        server = rest_hosting.HeaderDeadlineServer(
             self._handle,
             header_timeout_s=self._header_timeout_s,
             access_log=None,
@@ -296,7 +209,7 @@ class RestServer:
         self._runner = web.ServerRunner(server, shutdown_timeout=5.0)
         await self._runner.setup()
         try:
-            sock = _listening_socket(self._host, self._requested_port)
+            sock = rest_hosting.listening_socket(self._host, self._requested_port)
         except OSError as e:
             await self._runner.cleanup()
             raise OSError(
@@ -335,7 +248,7 @@ class RestServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
-        if isinstance(protocol, _HeaderDeadlineProtocol):
+        if isinstance(protocol, rest_hosting.HeaderDeadlineProtocol):
             protocol.headers_read()
             try:
                 return await self._dispatch(request)
@@ -546,38 +459,6 @@ class RestServer:
         if cached is None:
             cached = self._metadata_cache[servable] = _metadata_json(name, servable)
         return cached
-
-
-def _listening_socket(host: str | None, port: int) -> socket.socket:
-    """A listening TCP socket: `host`, or `::` accepting IPv4 too, or 0.0.0.0 without IPv6."""
-    if host is None and socket.has_ipv6:
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        except OSError as e:
-            if e.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
-                raise
-        else:
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual stack, like TF Serving
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("::", port))
-            except OSError as e:
-                sock.close()
-                if e.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    raise
-            else:
-                sock.setblocking(False)
-                return sock
-    family = socket.AF_INET6 if host and ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host or "0.0.0.0", port))
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 class _BodyTooLarge(Exception):

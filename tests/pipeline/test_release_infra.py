@@ -15,7 +15,7 @@ from pipeline import release
 from pipeline.config import load_config
 from pipeline.errors import InfraValidationError
 from tests.conftest import TINY_OVERRIDES
-from tests.pipeline.release_support import good_run, log_lines, numeric_dirs, push_run, quiet
+from tests.pipeline.release_support import GOOD_RUN_GATE, good_run, log_lines, numeric_dirs, push_run, quiet
 
 __all__ = ["good_run"]  # a fixture, used by name
 
@@ -45,7 +45,7 @@ def test_infra_validation_and_hot_swap_on_our_server(good_run, tiny_corpus, tmp_
     assert first.record["infra_validation"]["warmup_requests"] == 5
 
     second_run = train(
-        load_config(None, [*TINY_OVERRIDES, "model.arch=tfidf", "train.seed=7"]),
+        load_config(None, [*TINY_OVERRIDES, "model.arch=tfidf", "train.seed=7", *GOOD_RUN_GATE]),
         tiny_corpus,
         tmp_path / "second",
         verbose=0,
