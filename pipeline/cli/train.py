@@ -97,8 +97,16 @@ def register(subparsers) -> None:
         metavar="EXPORT_DIR",
         help="RUN/export (highest version) or RUN/export/<version>",
     )
-    predict.add_argument("texts", nargs="*", metavar="TEXT")
-    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument(
+        "texts", nargs="*", metavar="TEXT", help="documents to classify (quote each); none: read stdin"
+    )
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        metavar="N",
+        help="documents per call of the model's serving_default signature (default: 256)",
+    )
     predict.set_defaults(run=_run_predict)
 
     data = subparsers.add_parser("data", help="dataset utilities", description="Dataset utilities.")
