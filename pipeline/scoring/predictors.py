@@ -1,12 +1,13 @@
 """Predictors: what turns a stream of record batches into model outputs.
 
-Both take the tf.data stream of `pipeline/scoring/inputs.py` and yield
-`(record batch, outputs)` pairs in input order, so sharding, error rows and
-resume are the same whichever predicts:
+Both answer `predict(texts)` for one batch of texts (an Arrow string array)
+with the outputs of `serving_default` as numpy arrays by name, and say how
+many batches they want in flight (`concurrency`); the job keeps the order, so
+sharding, error rows and resume are the same whichever predicts:
 
 * `LocalPredictor`: the exported SavedModel loaded in this process, its
-  `serving_default` called once per batch inside the tf.data pipeline (so it
-  overlaps with writing);
+  `serving_default` called once per batch (TensorFlow releases the GIL, so
+  reading and writing run meanwhile);
 * `RemotePredictor`: a running TF Serving (or `textserve serve`). Each record
   batch becomes one Predict request on `serving_default` (gRPC
   `PredictionService/Predict`, or REST `POST /v1/models/NAME:predict` with
@@ -26,23 +27,21 @@ import json
 import threading
 import time
 import urllib.parse
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
 from pipeline.errors import RunStopped, ScoringError
 from preprocessing import names
 
-# Batches predicted ahead of the writer. Bounded, so memory does not grow with the input.
-_PREFETCH_BATCHES = 2
+_OUTPUTS = (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
 
 
 class LocalPredictor:
-    """The exported SavedModel loaded in this process, run inside the tf.data pipeline.
+    """The exported SavedModel loaded in this process, its `serving_default` called once per batch.
 
     Args:
       path: export directory or version directory.
@@ -50,6 +49,8 @@ class LocalPredictor:
     Raises:
       ScoringError: no SavedModel there, or one without the expected signature.
     """
+
+    concurrency = 1  # TensorFlow's own threads use the cores; one batch at a time is fastest
 
     def __init__(self, path: str | Path):
         import tensorflow as tf
@@ -77,25 +78,34 @@ class LocalPredictor:
             )
         self.label_names = self.model.label_names
         self.description = str(self.model.version_dir)
+        self.version_dir = self.model.version_dir
 
-    def predictions(self, batches) -> Iterator[tuple[dict, dict]]:
-        """Yields (record batch, outputs) as numpy, predicting one batch ahead of the consumer."""
-        import tensorflow as tf
-
-        predict_fn = self.model.predict_fn
-        wanted = (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
-
-        def predict(batch):
-            outputs = predict_fn(text=batch["text"])  # one call per batch
-            return batch, {key: outputs[key] for key in wanted}
-
-        dataset = batches.map(predict, num_parallel_calls=1, deterministic=True).prefetch(_PREFETCH_BATCHES)
-        options = tf.data.Options()
-        options.experimental_optimization.map_parallelization = False
-        return dataset.with_options(options).as_numpy_iterator()
+    def predict(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """One `serving_default` call on the batch's texts; outputs as numpy by name."""
+        outputs = self.model.predict_fn(text=string_tensor(texts))
+        return {key: outputs[key].numpy() for key in _OUTPUTS}
 
     def close(self) -> None:
         """Nothing to release (kept for symmetry with the remote predictor)."""
+
+
+def string_tensor(texts: pa.Array):
+    """An Arrow string array as a `tf.string` tensor `[n]`, without a Python object per row.
+
+    The array's data buffer goes to TensorFlow as one scalar string, and
+    `tf.strings.substr` cuts it at the array's offsets.
+    """
+    import tensorflow as tf
+
+    n = len(texts)
+    data = texts.buffers()[2]
+    if not n or data is None:
+        return tf.constant([""] * n, tf.string)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1]
+    first, last = int(offsets[0]), int(offsets[-1])
+    whole = tf.constant(data.slice(first, last - first).to_pybytes())
+    relative = offsets - first
+    return tf.strings.substr(whole, relative[:-1], np.diff(relative))
 
 
 # --- Through a model server ------------------------------------------------------------
@@ -169,7 +179,7 @@ class _GrpcBackend:
         response = self._call(self.stub.Classify, request)
         return [c.label for c in response.result.classifications[0].classes]
 
-    def predict(self, texts: Sequence[bytes]) -> dict[str, np.ndarray]:
+    def predict(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         import tensorflow as tf
         from tensorflow_serving.apis import model_pb2, predict_pb2
 
@@ -239,13 +249,9 @@ class _RestBackend:
         answer = self._request("POST", f"{self._base}:classify", body)
         return [label for label, _ in answer["results"][0]]
 
-    def predict(self, texts: Sequence[bytes]) -> dict[str, np.ndarray]:
-        # JSON carries text, not bytes: the readers already produced valid UTF-8.
+    def predict(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         body = orjson.dumps(
-            {
-                "signature_name": names.PREDICT_SIGNATURE,
-                "inputs": {names.TEXT_KEY: [t.decode("utf-8") for t in texts]},
-            }
+            {"signature_name": names.PREDICT_SIGNATURE, "inputs": {names.TEXT_KEY: list(texts)}}
         )
         outputs = self._request("POST", f"{self._base}:predict", body)["outputs"]
         return {
@@ -304,7 +310,6 @@ class RemotePredictor:
             self.backend: _GrpcBackend | _RestBackend = _GrpcBackend(f"{host}:{port}", model_name, timeout_s)
         else:
             self.backend = _RestBackend(host, port, model_name, timeout_s)
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score-request")
         try:
             self._with_retries(self.backend.check)
         except RunStopped as error:
@@ -330,46 +335,13 @@ class RemotePredictor:
                     raise
                 time.sleep(_BACKOFF_S * 2**attempt)
 
-    def _predict(self, texts: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """One Predict request for the batch's texts (retried while the server is transiently down)."""
         try:
-            return self._with_retries(self.backend.predict, texts)
+            return self._with_retries(self.backend.predict, texts.to_pylist())
         except _Transient as error:
             raise RunStopped(f"the server stopped answering after {_RETRIES} retries: {error}") from error
 
-    def predictions(self, batches) -> Iterator[tuple[dict, dict]]:
-        """Yields (record batch, outputs) in input order with up to `concurrency` requests in flight."""
-        in_flight: deque[tuple[dict, Future]] = deque()
-        for batch in batches.prefetch(self.concurrency).as_numpy_iterator():
-            texts = batch["text"]
-            ok = batch["problem"] == b""
-            # Problem records are not sent (their text is empty); their rows get placeholders.
-            in_flight.append((batch, self._pool.submit(self._predict_subset, texts, ok)))
-            if len(in_flight) >= self.concurrency:
-                done_batch, future = in_flight.popleft()
-                yield done_batch, future.result()
-        while in_flight:
-            done_batch, future = in_flight.popleft()
-            yield done_batch, future.result()
-
-    def _predict_subset(self, texts: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
-        count = len(texts)
-        width = max(len(self.label_names), 1)
-        outputs = {
-            names.PREDICTED_LABEL: np.full(count, b"", dtype=object),
-            names.SCORE: np.zeros(count, np.float32),
-            names.PROBABILITIES: np.zeros((count, width), np.float32),
-        }
-        if ok.any():
-            answer = self._predict(texts[ok])
-            if answer[names.PROBABILITIES].shape[1] != width:
-                outputs[names.PROBABILITIES] = np.zeros(
-                    (count, answer[names.PROBABILITIES].shape[1]), np.float32
-                )
-            for key in outputs:
-                outputs[key][ok] = answer[key]
-        return outputs
-
     def close(self) -> None:
-        """Waits for nothing further and closes connections."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Closes the connections."""
         self.backend.close()

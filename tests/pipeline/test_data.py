@@ -34,7 +34,12 @@ def test_folder_reports_fallback_empty_and_duplicates(tmp_path):
     assert data.ids == ["sport/1.txt", "sport/3.txt", "tech/2.txt"]
     assert "Café league final" in data.texts
     assert report["records_read"] == 5 and report["records_kept"] == 3
-    assert report["dropped_by_reason"] == {"empty_text": 1, "missing_label": 0, "duplicate": 1}
+    assert report["dropped_by_reason"] == {
+        "empty_text": 1,
+        "missing_label": 0,
+        "duplicate": 1,
+        "label_conflict": 0,
+    }
     assert report["duplicates"] == [
         {"kept": "sport/1.txt", "dropped": "sport/2.txt", "where": f"{root}/sport/2.txt:1"}
     ]
@@ -99,7 +104,7 @@ def test_jsonl_keys_and_malformed_line(tmp_path):
 def test_unreadable_and_unknown_inputs(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         ingest(tmp_path / "missing.csv", DataConfig())
-    odd = tmp_path / "data.parquet"
+    odd = tmp_path / "data.xls"
     odd.write_text("x")
     with pytest.raises(DataError, match=r"data\.format"):
         ingest(odd, DataConfig())
