@@ -6,6 +6,11 @@ Layout written (the layout TF Serving polls):
     <export dir>/<version>/assets.extra/tf_serving_warmup_requests
     <export dir>/<version>/assets.extra/model_card.json, config.toml
 
+A version appears whole or not at all: everything is written into a hidden
+sibling (`<export dir>/.<version>.partial-<pid>`, a name TF Serving and
+`textserve push` skip) and renamed into place once verified (`StagedExport`).
+A crash leaves at most that hidden directory, which the next run removes.
+
 Signatures:
 
 * `serving_default` (predict): `text` string `[None]` → `probabilities`
@@ -22,6 +27,8 @@ the directory is self-contained.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,13 +126,17 @@ def export(classifier: TextClassifier, version_dir: Path):
 
     Args:
       classifier: an adapted, trained classifier.
-      version_dir: `<export dir>/<version>`; must not exist yet.
+      version_dir: where the SavedModel goes (a `StagedExport.path`); must
+        not hold one yet.
 
     Returns:
       The in-memory `serving_default` function (a `tf.function`), for verification.
+
+    Raises:
+      FileExistsError: `version_dir` already holds a SavedModel.
     """
-    if version_dir.exists():
-        raise FileExistsError(f"{version_dir} already exists; refusing to overwrite an exported version.")
+    if (version_dir / "saved_model.pb").exists():
+        raise FileExistsError(f"{version_dir} already holds a SavedModel; refusing to overwrite it.")
     functions = ServingFunctions(classifier)
     archive = keras.export.ExportArchive()
     for layer in (classifier.standardizer, classifier.vectorizer, classifier.fitter, classifier.network):
@@ -137,6 +148,91 @@ def export(classifier: TextClassifier, version_dir: Path):
     archive.write_out(str(version_dir), verbose=False)
     _set_method_name(version_dir, names.CLASSIFY_SIGNATURE, names.CLASSIFY_METHOD)
     return tf.function(functions.predict, input_signature=_PREDICT_INPUT)
+
+
+# Files a version must hold before it is renamed into place.
+_REQUIRED_FILES = (
+    "saved_model.pb",
+    f"{names.ASSETS_EXTRA}/{names.MODEL_CARD_FILE}",
+    f"{names.ASSETS_EXTRA}/{names.CONFIG_FILE}",
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0 only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+class StagedExport:
+    """Builds one export version in a hidden sibling and renames it into place when complete.
+
+    Use as a context manager: write everything under `path`, then `commit()`.
+    Leaving the block without a commit (an exception, Ctrl-C) removes the
+    staging directory; a killed process leaves it behind under a hidden name
+    that the next `StagedExport` of that version removes once its owner is gone.
+
+    Args:
+      version_dir: `<export dir>/<version>`, the final place; must not exist.
+
+    Raises:
+      FileExistsError: `version_dir` already exists (versions are never overwritten).
+    """
+
+    def __init__(self, version_dir: str | Path):
+        self.version_dir = Path(version_dir)
+        self.path = self.version_dir.parent / f".{self.version_dir.name}.partial-{os.getpid()}"
+        self.removed_stale: list[Path] = []
+        self._committed = False
+
+    def __enter__(self) -> StagedExport:
+        if self.version_dir.exists():
+            raise FileExistsError(
+                f"{self.version_dir} already exists; refusing to overwrite an exported version."
+            )
+        self.version_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.version_dir.parent.glob(f".{self.version_dir.name}.partial-*"):
+            owner = stale.name.rsplit("-", 1)[-1]
+            if stale == self.path or not owner.isdigit() or not _pid_alive(int(owner)):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+                self.removed_stale.append(stale)
+        self.path.mkdir()
+        return self
+
+    def commit(self) -> Path:
+        """Renames the finished staging directory to the version directory.
+
+        Returns:
+          The version directory.
+
+        Raises:
+          FileNotFoundError: a required file (SavedModel, model card, config) is missing.
+          FileExistsError: the version appeared meanwhile (another run).
+        """
+        missing = [name for name in _REQUIRED_FILES if not (self.path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{self.path}: export incomplete, missing {', '.join(missing)}.")
+        if self.version_dir.exists():  # rename() would replace an empty directory silently
+            raise FileExistsError(f"{self.version_dir} appeared while exporting; another run wrote it.")
+        os.rename(self.path, self.version_dir)  # atomic within one file system
+        self._committed = True
+        return self.version_dir
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def write_config(version_dir: Path, config_toml: str) -> Path:
+    """Writes the resolved run config as `assets.extra/config.toml`."""
+    path = version_dir / names.ASSETS_EXTRA / names.CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_toml, "utf-8")
+    return path
 
 
 def write_model_card(version_dir: Path, card: dict) -> Path:

@@ -148,11 +148,31 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ReleaseConfig:
-    """Gate for `textserve push`: absolute floors and allowed regression."""
+    """`textserve push`: the gate's thresholds and how the push runs.
+
+    Read from the run's `config.toml`, then `textserve push --config/--set
+    release.*` and the push's own flags (`--skip-infra-validation`,
+    `--model-server`, `--infra-timeout`, `--infra-sample`, `--lock-timeout`);
+    the resolved section goes into every release record.
+    """
 
     min_accuracy: float = 0.9
     min_macro_f1: float = 0.9
     max_regression: float = 0.01
+    infra_validation: bool = True  # serve the candidate on loopback before publishing
+    model_server: str = ""  # "" = tensorflow_model_server when on PATH, else python -m serving
+    infra_timeout_s: float = 300.0  # time the server may take to load the candidate
+    infra_sample: int = 32  # test documents sent over gRPC and REST
+    lock_timeout_s: float = 120.0  # time to wait for a concurrent push
+
+    def __post_init__(self):
+        if self.max_regression < 0:
+            raise ValueError(f"`release.max_regression` must be >= 0, received {self.max_regression!r}.")
+        if self.infra_sample < 1:
+            raise ValueError(f"`release.infra_sample` must be >= 1, received {self.infra_sample!r}.")
+        for name in ("infra_timeout_s", "lock_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`release.{name}` must be > 0, received {getattr(self, name)!r}.")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.export import ExportedModel, export, write_model_card, write_warmup_requests
+from model.export import (
+    ExportedModel,
+    StagedExport,
+    export,
+    write_config,
+    write_model_card,
+    write_warmup_requests,
+)
 from model.network import TextClassifier
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, ingest, split_ids, write_json
@@ -188,50 +195,56 @@ def train(
     plot_history(history, run_dir / "history.png")
 
     log(f"[5/6] exporting to {version_dir}")
-    predict_fn = export(classifier, version_dir)
-    warmup_texts = (test_data.texts or train_data.texts)[: config.export.warmup_records]
-    write_warmup_requests(version_dir, warmup_texts, config.export.model_name)
-    reloaded = ExportedModel(version_dir)
-    difference = _verify_export(predict_fn, reloaded, test_data.texts, config.export.verify_tolerance)
-    log(
-        f"      verified: reloaded SavedModel matches the trained model on {len(test_data.ids)} "
-        f"test documents (max |Δp| {difference:.2e})"
-    )
+    # Everything goes into a hidden staging sibling, renamed into place only
+    # when complete: a crash never leaves a version that push refuses.
+    with StagedExport(version_dir) as staged:
+        for stale in staged.removed_stale:
+            log(f"      removed {stale}, left by an earlier run that did not finish")
+        predict_fn = export(classifier, staged.path)
+        warmup_texts = (test_data.texts or train_data.texts)[: config.export.warmup_records]
+        write_warmup_requests(staged.path, warmup_texts, config.export.model_name)
+        reloaded = ExportedModel(staged.path)
+        difference = _verify_export(predict_fn, reloaded, test_data.texts, config.export.verify_tolerance)
+        log(
+            f"      verified: reloaded SavedModel matches the trained model on {len(test_data.ids)} "
+            f"test documents (max |Δp| {difference:.2e})"
+        )
 
-    log("[6/6] evaluating the exported model")
-    metrics = {
-        "validation": evaluate_export(reloaded, val_data),
-        "test": evaluate_export(reloaded, test_data),
-    }
-    metrics["verification"] = {"max_abs_difference": difference, "documents": len(test_data.ids)}
-    write_json(run_dir / "metrics.json", metrics)
-    plot_confusion_matrix(metrics["test"]["confusion_matrix"], run_dir / "confusion_matrix.png")
+        log("[6/6] evaluating the exported model")
+        metrics = {
+            "validation": evaluate_export(reloaded, val_data),
+            "test": evaluate_export(reloaded, test_data),
+        }
+        metrics["verification"] = {"max_abs_difference": difference, "documents": len(test_data.ids)}
+        write_json(run_dir / "metrics.json", metrics)
+        plot_confusion_matrix(metrics["test"]["confusion_matrix"], run_dir / "confusion_matrix.png")
 
-    (version_dir / names.ASSETS_EXTRA / names.CONFIG_FILE).write_text(config.to_toml(), "utf-8")
-    write_model_card(
-        version_dir,
-        {
-            "model_name": config.export.model_name,
-            "version": config.export.version,
-            "labels": label_names,
-            "architecture": config.model.arch,
-            "config": config.to_dict(),
-            "config_hash": config.fingerprint(),
-            "metrics": {
-                split: {k: metrics[split][k] for k in ("accuracy", "macro_f1", "count")}
-                for split in ("validation", "test")
+        write_config(staged.path, config.to_toml())
+        write_model_card(
+            staged.path,
+            {
+                "model_name": config.export.model_name,
+                "version": config.export.version,
+                "labels": label_names,
+                "architecture": config.model.arch,
+                "config": config.to_dict(),
+                "config_hash": config.fingerprint(),
+                "metrics": {
+                    split: {k: metrics[split][k] for k in ("accuracy", "macro_f1", "count")}
+                    for split in ("validation", "test")
+                },
+                "data": {
+                    "source": str(data_path),
+                    "fingerprint": report["fingerprint"],
+                    "documents": report["records_kept"],
+                    "splits": {k: len(v) for k, v in splits.items()},
+                },
+                "tensorflow_version": tf.__version__,
+                "python_version": platform.python_version(),
+                "git_commit": _git_commit(),
+                "run_dir": str(run_dir.resolve()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
-            "data": {
-                "source": str(data_path),
-                "fingerprint": report["fingerprint"],
-                "documents": report["records_kept"],
-                "splits": {k: len(v) for k, v in splits.items()},
-            },
-            "tensorflow_version": tf.__version__,
-            "python_version": platform.python_version(),
-            "git_commit": _git_commit(),
-            "run_dir": str(run_dir.resolve()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
+        )
+        staged.commit()
     return RunResult(run_dir, version_dir, metrics, time.perf_counter() - started)

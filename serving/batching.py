@@ -27,141 +27,74 @@ from __future__ import annotations
 
 import bisect
 import collections
-import dataclasses
-import itertools
-import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 
+from serving.batching_options import BatchingOptions
 from serving.errors import ServingError, invalid_argument, unavailable
 
-# TF's batch-scheduler defaults, used for fields the parameters file leaves unset.
-DEFAULT_MAX_BATCH_SIZE = 1000
-DEFAULT_BATCH_TIMEOUT_MICROS = 0
-DEFAULT_MAX_ENQUEUED_BATCHES = 10
-DEFAULT_THREAD_POOL_NAME = "model_server_batch_threads"
-
-
-def _wrapped(proto: Any, field: str, default: Any) -> Any:
-    """Reads a `google.protobuf` wrapper field (`name { value: X }`), or `default` if unset."""
-    if proto is None:
-        return default
-    try:
-        if not proto.HasField(field):
-            return default
-    except ValueError:
-        # Not a message field in this descriptor: a plain scalar.
-        return getattr(proto, field, default)
-    return getattr(proto, field).value
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchingOptions:
-    """Resolved batching parameters.
-
-    Attributes:
-      max_batch_size: largest request (rows) accepted; also the batch size
-        unless large-batch splitting is on.
-      batch_timeout_micros: longest wait for a partial batch to fill.
-      max_enqueued_batches: per-queue bound; beyond it requests get UNAVAILABLE.
-      num_batch_threads: batches run in parallel.
-      thread_pool_name: label of the batching metrics.
-      allowed_batch_sizes: if set, batches are padded up to the next of these.
-      pad_variable_length_inputs: pad inner dimensions to the largest in the batch.
-      enable_large_batch_splitting: split requests across batches instead of
-        waiting for a fresh batch.
-      max_execution_batch_size: batch size used when splitting is on.
-    """
-
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    batch_timeout_micros: int = DEFAULT_BATCH_TIMEOUT_MICROS
-    max_enqueued_batches: int = DEFAULT_MAX_ENQUEUED_BATCHES
-    num_batch_threads: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
-    thread_pool_name: str = DEFAULT_THREAD_POOL_NAME
-    allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-    enable_large_batch_splitting: bool = False
-    max_execution_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_batch_size",
-            "max_enqueued_batches",
-            "num_batch_threads",
-            "max_execution_batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"batching parameter {name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_timeout_micros < 0:
-            raise ValueError(
-                f"batching parameter batch_timeout_micros must be >= 0, got {self.batch_timeout_micros}"
-            )
-        sizes = self.allowed_batch_sizes
-        if sizes:
-            if any(b <= a for a, b in itertools.pairwise(sizes)) or sizes[0] < 1:
-                raise ValueError(
-                    f"allowed_batch_sizes must be positive and strictly increasing, got {list(sizes)}"
-                )
-            if sizes[-1] != self.execution_batch_size:
-                raise ValueError(
-                    f"the last entry of allowed_batch_sizes ({sizes[-1]}) must equal "
-                    f"{'max_execution_batch_size' if self.enable_large_batch_splitting else 'max_batch_size'}"
-                    f" ({self.execution_batch_size})"
-                )
-
-    @property
-    def execution_batch_size(self) -> int:
-        """Rows per executed batch."""
-        if self.enable_large_batch_splitting:
-            return self.max_execution_batch_size
-        return self.max_batch_size
-
-    @classmethod
-    def from_proto(cls, params: Any | None) -> BatchingOptions:
-        """Builds options from a `BatchingParameters` message (None → TF's defaults).
-
-        Raises:
-          ValueError: the parameters break TF's rules (e.g. allowed_batch_sizes).
-        """
-        max_batch = int(_wrapped(params, "max_batch_size", DEFAULT_MAX_BATCH_SIZE))
-        splitting = bool(_wrapped(params, "enable_large_batch_splitting", False))
-        return cls(
-            max_batch_size=max_batch,
-            batch_timeout_micros=int(_wrapped(params, "batch_timeout_micros", DEFAULT_BATCH_TIMEOUT_MICROS)),
-            max_enqueued_batches=int(_wrapped(params, "max_enqueued_batches", DEFAULT_MAX_ENQUEUED_BATCHES)),
-            num_batch_threads=int(_wrapped(params, "num_batch_threads", os.cpu_count() or 1)),
-            thread_pool_name=str(
-                _wrapped(params, "thread_pool_name", DEFAULT_THREAD_POOL_NAME) or DEFAULT_THREAD_POOL_NAME
-            ),
-            allowed_batch_sizes=tuple(
-                int(s) for s in (getattr(params, "allowed_batch_sizes", ()) if params else ())
-            ),
-            pad_variable_length_inputs=bool(_wrapped(params, "pad_variable_length_inputs", False)),
-            enable_large_batch_splitting=splitting,
-            max_execution_batch_size=int(_wrapped(params, "max_execution_batch_size", max_batch)),
-        )
+__all__ = ["BatchScheduler", "BatchingOptions", "batch_size_of"]
 
 
 class _Task:
-    """One caller's run: its inputs, where its outputs go, and the lock it waits on."""
+    """One caller's run: its inputs, its deadline, and where its outputs go.
 
-    __slots__ = ("abandoned", "done", "enqueued", "error", "feeds", "parts", "pending", "size")
+    `notify(task)` is called once, from a batch thread (or from `cancel`), when
+    every piece has run or the task failed; the caller then reads `outputs()`.
+    """
 
-    def __init__(self, feeds: dict[str, np.ndarray], size: int):
+    __slots__ = (
+        "abandoned",
+        "deadline",
+        "enqueued",
+        "error",
+        "feeds",
+        "fetch_count",
+        "notify",
+        "parts",
+        "pending",
+        "queue",
+        "size",
+    )
+
+    def __init__(
+        self,
+        feeds: dict[str, np.ndarray],
+        size: int,
+        fetch_count: int,
+        deadline: float | None,
+        notify: Callable[[_Task], None],
+    ):
         self.feeds = feeds
         self.size = size
-        self.done = threading.Lock()
-        self.done.acquire()  # released by the batch thread when every piece finished
+        self.fetch_count = fetch_count
+        self.deadline = deadline
+        self.notify = notify
         self.pending = 0  # pieces not yet run (guarded by the scheduler lock)
         self.parts: list[tuple[int, list[np.ndarray]]] = []  # (row offset, outputs)
         self.error: ServingError | None = None
-        self.abandoned = False  # the caller gave up (deadline); skip if not started
+        self.abandoned = False  # the caller gave up (deadline, cancellation): skip if not started
+        self.queue: _Queue | None = None
         self.enqueued = time.perf_counter()
+
+    def outputs(self) -> list[np.ndarray]:
+        """This task's rows of every fetched tensor, once notified.
+
+        Raises:
+          ServingError: the run's error, or DEADLINE_EXCEEDED when the task
+            expired in the queue.
+        """
+        if self.error is not None:
+            raise self.error
+        if len(self.parts) == 1:
+            return self.parts[0][1]
+        self.parts.sort(key=lambda part: part[0])
+        return [np.concatenate([outputs[i] for _, outputs in self.parts]) for i in range(self.fetch_count)]
 
 
 class _Piece:
@@ -192,13 +125,14 @@ class _Batch:
 
 
 class _Queue:
-    __slots__ = ("batches", "fetches", "key", "servable")
+    __slots__ = ("batches", "fetches", "key", "running", "servable")
 
     def __init__(self, key: tuple, servable: Any, fetches: tuple[str, ...]):
         self.key = key
         self.servable = servable
         self.fetches = fetches
         self.batches: collections.deque[_Batch] = collections.deque()
+        self.running = 0  # batches of this queue being run now
 
 
 def batch_size_of(feeds: dict[str, np.ndarray]) -> int:
@@ -255,6 +189,8 @@ class BatchScheduler:
     ) -> list[np.ndarray]:
         """Runs `servable.run(feeds, fetches)` as part of a batch; blocks for the result.
 
+        For callers on threads (warmup, tests); the front ends use `submit`.
+
         Args:
           servable: the loaded `Servable`.
           feeds: tensor name → array; every array needs the same 0-th dimension.
@@ -269,29 +205,82 @@ class BatchScheduler:
             rows than max_batch_size), UNAVAILABLE (queue full), DEADLINE_EXCEEDED,
             or the run's own error.
         """
+        done = threading.Event()
+        task = self.submit(servable, feeds, fetches, deadline, lambda _task: done.set())
+        if task is None:
+            return servable.run(feeds, tuple(fetches))  # nothing to merge
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not done.wait(timeout):
+            self.cancel(task, ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+            if not done.is_set():  # a piece is running; the caller does not wait for it
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        return task.outputs()
+
+    def submit(
+        self,
+        servable: Any,
+        feeds: dict[str, np.ndarray],
+        fetches: Sequence[str],
+        deadline: float | None,
+        notify: Callable[[_Task], None],
+    ) -> _Task | None:
+        """Queues a run without waiting for it; `notify(task)` fires from a batch thread when done.
+
+        Args:
+          servable: the loaded `Servable`.
+          feeds: tensor name → array; every array needs the same 0-th dimension.
+          fetches: output tensor names.
+          deadline: absolute `time.monotonic()` deadline, or None. A task still
+            queued when it passes is dropped from its batch (DEADLINE_EXCEEDED).
+          notify: called once with the task; then `task.outputs()` answers.
+
+        Returns:
+          The queued task (pass it to `cancel` if the caller goes away), or None
+          for a request of 0 rows, which has nothing to batch: run it directly.
+
+        Raises:
+          ServingError: INVALID_ARGUMENT (no 0-th dim, mismatched 0-th dims, more
+            rows than max_batch_size) or UNAVAILABLE (queue full, shutting down).
+        """
         size = batch_size_of(feeds)
         opts = self.options
         if size > opts.max_batch_size:
             raise invalid_argument(
                 f"Task size {size} is larger than maximum input batch size {opts.max_batch_size}"
             )
-        fetches = tuple(fetches)
         if size == 0:
-            return servable.run(feeds, fetches)  # nothing to merge
-        key = self._key(servable, feeds, fetches)
-        task = _Task(feeds, size)
-        self._enqueue(key, servable, fetches, task)
-        if deadline is None:
-            task.done.acquire()
-        elif not task.done.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return None
+        fetches = tuple(fetches)
+        task = _Task(feeds, size, len(fetches), deadline, notify)
+        self._enqueue(self._key(servable, feeds, fetches), servable, fetches, task)
+        return task
+
+    def cancel(self, task: _Task, error: ServingError | None = None) -> None:
+        """Removes a task's rows from the batches that have not started (client gone, deadline).
+
+        Pieces already running finish, and their rows are dropped. Unless it
+        already finished, the task is notified with `error` (default CANCELLED).
+        """
+        with self._cv:
+            if task.abandoned or task.pending == 0:
+                return
             task.abandoned = True
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-        if task.error is not None:
-            raise task.error
-        if len(task.parts) == 1:
-            return task.parts[0][1]
-        task.parts.sort(key=lambda part: part[0])
-        return [np.concatenate([outputs[i] for _, outputs in task.parts]) for i in range(len(fetches))]
+            queue = task.queue
+            removed = 0
+            if queue is not None:
+                for batch in list(queue.batches):
+                    kept = [p for p in batch.pieces if p.task is not task]
+                    if len(kept) != len(batch.pieces):
+                        removed += len(batch.pieces) - len(kept)
+                        batch.pieces = kept
+                        batch.size = sum(p.size for p in kept)
+                        if not kept:
+                            queue.batches.remove(batch)
+            task.pending -= removed
+            if task.pending > 0:
+                return  # a running piece notifies when it ends
+            task.error = error or ServingError(grpc.StatusCode.CANCELLED, "Request was cancelled")
+        task.notify(task)
 
     def _key(self, servable: Any, feeds: dict[str, np.ndarray], fetches: tuple[str, ...]) -> tuple:
         pad = self.options.pad_variable_length_inputs
@@ -344,14 +333,22 @@ class BatchScheduler:
                     batch.closed = True
                 start += rows
             task.pending = len(plan)
+            task.queue = queue
             self._cv.notify()
 
     # ------------------------------------------------------------------ batch threads
 
     def _ready_batch(self) -> tuple[_Queue | None, _Batch | None, float | None]:
-        """Pops the next runnable batch (round-robin over queues); else the time to wait."""
+        """Pops the next runnable batch (round-robin over queues); else the time to wait.
+
+        A batch is runnable when it is full or closed, when a newer one waits
+        behind it, when its timeout has passed, or (with the idle fast path)
+        when no batch of its queue is running: waiting only pays off while the
+        model is busy and requests pile up behind it.
+        """
         now = time.monotonic()
         timeout_s = self.options.batch_timeout_micros / 1e6
+        fast = self.options.idle_fast_path
         wait: float | None = None
         count = len(self._order)
         for i in range(count):
@@ -361,18 +358,30 @@ class BatchScheduler:
                 continue
             head = queue.batches[0]
             due = head.created + timeout_s
-            if head.closed or len(queue.batches) > 1 or due <= now or self._stopping:
+            if (
+                head.closed
+                or len(queue.batches) > 1
+                or due <= now
+                or self._stopping
+                or (fast and queue.running == 0)
+            ):
                 queue.batches.popleft()
-                if not queue.batches:
-                    # Drop idle queues so unloaded servables are not kept alive.
-                    del self._queues[queue.key]
-                    self._order.pop(index)
-                    self._next = index % max(len(self._order), 1)
-                else:
-                    self._next = (index + 1) % count
+                queue.running += 1
+                self._next = (index + 1) % count
                 return queue, head, None
             wait = due - now if wait is None else min(wait, due - now)
         return None, None, wait
+
+    def _forget_if_idle(self, queue: _Queue) -> None:
+        """Drops an empty, idle queue so unloaded servables are not kept alive (lock held)."""
+        if queue.batches or queue.running or self._queues.get(queue.key) is not queue:
+            return
+        del self._queues[queue.key]
+        index = self._order.index(queue.key)
+        self._order.pop(index)
+        if self._next > index:
+            self._next -= 1
+        self._next = self._next % max(len(self._order), 1)
 
     def _work(self) -> None:
         while True:
@@ -384,10 +393,24 @@ class BatchScheduler:
                     if self._stopping:
                         return
                     self._cv.wait(wait)
-            self._execute(queue, batch)
+            try:
+                self._execute(queue, batch)
+            finally:
+                with self._cv:
+                    queue.running -= 1
+                    self._forget_if_idle(queue)
+                    # A batch that waited for this one to end may run now.
+                    self._cv.notify()
 
     def _execute(self, queue: _Queue, batch: _Batch) -> None:
-        pieces = [p for p in batch.pieces if not p.task.abandoned]
+        now = time.monotonic()
+        with self._cv:
+            pieces = [p for p in batch.pieces if not p.task.abandoned]
+            expired = [p for p in pieces if p.task.deadline is not None and p.task.deadline <= now]
+        if expired:
+            # Rows whose deadline passed in the queue are not run (nobody waits for them).
+            self._finish(expired, error=ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+            pieces = [p for p in pieces if p not in expired]
         if not pieces:
             return
         opts = self.options
@@ -396,13 +419,16 @@ class BatchScheduler:
         if opts.allowed_batch_sizes:
             index = bisect.bisect_left(opts.allowed_batch_sizes, total)
             padded = opts.allowed_batch_sizes[min(index, len(opts.allowed_batch_sizes) - 1)]
+        # The session may run as long as the most patient caller waits (none: no limit).
+        deadlines = [p.task.deadline for p in pieces]
+        timeout_s = None if None in deadlines else max(d for d in deadlines if d is not None) - now
         try:
             feeds = self._merge(pieces, padded - total)
             if self.metrics is not None:
-                now = time.perf_counter()
+                now_perf = time.perf_counter()
                 for piece in pieces:
-                    self.metrics.record_batch_queuing(opts.thread_pool_name, now - piece.task.enqueued)
-            outputs = queue.servable.run(feeds, queue.fetches)
+                    self.metrics.record_batch_queuing(opts.thread_pool_name, now_perf - piece.task.enqueued)
+            outputs = queue.servable.run(feeds, queue.fetches, timeout_s=timeout_s)
             if self.metrics is not None:
                 self.metrics.record_wrapped_run()
             for output in outputs:
@@ -453,16 +479,21 @@ class BatchScheduler:
         results: list[list[np.ndarray]] | None = None,
         error: ServingError | None = None,
     ) -> None:
+        finished = []
         with self._cv:
             for i, piece in enumerate(pieces):
                 task = piece.task
+                if task.pending == 0:
+                    continue  # already notified (cancelled)
                 if error is not None:
                     task.error = error
                 elif results is not None:
                     task.parts.append((piece.start, results[i]))
                 task.pending -= 1
                 if task.pending == 0:
-                    task.done.release()
+                    finished.append(task)
+        for task in finished:  # outside the lock: a callback may take its time
+            task.notify(task)
 
     def stop(self) -> None:
         """Runs what is queued, then stops the batch threads."""

@@ -1,59 +1,55 @@
 """The inference data plane: signature lookup, TF Serving's validation, batching, runs.
 
 Front ends (gRPC in `prediction_service.py`, REST in `rest.py`) resolve the model
-with the `ModelManager`, then call one `DataPlane` method. The data plane owns
-every message TF Serving's `predict_util.cc`, `classifier.cc`, `regressor.cc`,
-`multi_inference.cc` and `util.cc` produce (TFS_CONTRACT.md §5, §6), in the same
-order of checks, so both surfaces fail the same way.
+with the `ModelManager` once, then ask the `DataPlane` for a `RunPlan`: the
+request checked with TF Serving's messages in TF Serving's order
+(`predict_util.cc`, `classifier.cc`, `regressor.cc`, `multi_inference.cc`;
+TFS_CONTRACT.md §5, §6), decoded into feeds, and a `finish` step that turns the
+fetched tensors into the answer. The plan then runs with `await
+run_async(plan, deadline)` from the event loop or `run(plan, deadline)` from a
+thread (`serving.plan_runner`: batching, deadlines, cancellation).
 
 Tensors are fed and fetched by TENSOR NAME (`x:0`) through `Servable.run`, which
-runs the graph like TF's C++ session: no static-shape check against the
-signature, dtype mismatches reported by TensorFlow itself. With
-`--enable_batching` every run goes through the shared `BatchScheduler`.
-
-Deadlines are absolute `time.monotonic()` values (None = no deadline).
+runs the graph like TF's C++ session. Deadlines are absolute
+`time.monotonic()` values (None = none).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     inference_pb2,
-    input_pb2,
     model_pb2,
     predict_pb2,
     prediction_log_pb2,
     regression_pb2,
 )
 
+from serving import example_signatures as sigs
 from serving import tensor_codec
-from serving.batching import BatchingOptions, BatchScheduler
-from serving.errors import ServingError, failed_precondition, invalid_argument, unimplemented
+from serving.errors import (
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    unimplemented,
+)
+from serving.example_signatures import CLASSIFY_METHOD, REGRESS_METHOD, serialized_examples
+from serving.plan_runner import PlanRunner, RunPlan
 
 if TYPE_CHECKING:
     from serving.metrics import Metrics
 
+__all__ = ["DataPlane", "RunPlan", "make_model_spec", "serialized_examples"]
+
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-
-# Fixed aliases of the classify/regress signature structure (signature_constants).
-CLASSIFY_INPUTS = "inputs"
-CLASSIFY_CLASSES = "classes"
-CLASSIFY_SCORES = "scores"
-REGRESS_INPUTS = "inputs"
-REGRESS_OUTPUTS = "outputs"
-
-_API_LABEL = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 
 
 def _keys(mapping) -> str:
@@ -85,38 +81,15 @@ def make_model_spec(
     return spec
 
 
-def serialized_examples(model_input: input_pb2.Input) -> list[bytes]:
-    """Turns a classify/regress `Input` into the serialized examples fed to the graph.
-
-    With `example_list_with_context` each row is the serialized context followed by
-    the serialized example; protobuf merge semantics make that the example with
-    the context's features added (TF Serving feeds the same bytes).
-
-    Raises:
-      ServingError: INVALID_ARGUMENT `Input is empty.` when there are no examples.
-    """
-    kind = model_input.WhichOneof("kind")
-    if kind == "example_list":
-        rows = [e.SerializeToString() for e in model_input.example_list.examples]
-    elif kind == "example_list_with_context":
-        with_context = model_input.example_list_with_context
-        context = with_context.context.SerializeToString()
-        rows = [context + e.SerializeToString() for e in with_context.examples]
-    else:
-        rows = []
-    if not rows:
-        raise invalid_argument("Input is empty.")
-    return rows
-
-
-class DataPlane:
-    """Runs Predict / Classify / Regress / MultiInference on loaded servables.
+class DataPlane(PlanRunner):
+    """Plans and runs Predict / Classify / Regress / MultiInference on loaded servables.
 
     Args:
       manager: the `ModelManager` (kept for front ends that share the data plane).
       options: the frozen `ServerOptions`; reads `enable_batching`,
-        `batching_parameters`, `enable_signature_method_name_check`,
-        `enable_serialization_as_tensor_content`.
+        `batching_parameters`, `batching_idle_fast_path`,
+        `enable_signature_method_name_check`, `enable_serialization_as_tensor_content`,
+        `max_rows_per_session_run`, `grpc_max_threads` and `rest_api_num_threads`.
       metrics: where runtime latency, example counts and batching metrics go.
     """
 
@@ -126,15 +99,7 @@ class DataPlane:
         self.metrics = metrics
         self.method_name_check = bool(getattr(options, "enable_signature_method_name_check", False))
         self.tensor_content_outputs = bool(getattr(options, "enable_serialization_as_tensor_content", False))
-        self.batcher: BatchScheduler | None = None
-        if getattr(options, "enable_batching", False):
-            batching = BatchingOptions.from_proto(getattr(options, "batching_parameters", None))
-            self.batcher = BatchScheduler(batching, metrics)
-
-    def close(self) -> None:
-        """Stops the batch threads after the queued batches ran (server shutdown)."""
-        if self.batcher is not None:
-            self.batcher.stop()
+        PlanRunner.__init__(self, options, metrics)
 
     # ------------------------------------------------------------------ signatures
 
@@ -180,31 +145,19 @@ class DataPlane:
             return signature
         if signature is None:
             raise invalid_argument(f"No signature was found with the name: {name}")
-        self._check_method(signature, api)
         return signature
-
-    def _check_method(self, signature: meta_graph_pb2.SignatureDef, api: str) -> None:
-        if not self.method_name_check:
-            return
-        expected = CLASSIFY_METHOD if api == "classify" else REGRESS_METHOD
-        if signature.method_name != expected:
-            kind = "classification" if api == "classify" else "regression"
-            raise invalid_argument(
-                f"Expected {kind} signature method_name to be {expected}. Was: {signature.method_name}"
-            )
 
     # ------------------------------------------------------------------ predict
 
-    def predict(
+    def plan_predict(
         self,
         servable: Any,
         signature_name: str,
         inputs: Mapping[str, np.ndarray | tensor_pb2.TensorProto],
         output_filter: Sequence[str] = (),
-        deadline: float | None = None,
         rest: bool = False,
-    ) -> dict[str, np.ndarray]:
-        """Runs a Predict request with TF Serving's checks (predict_util.cc).
+    ) -> RunPlan:
+        """Checks a Predict request (predict_util.cc); the plan finishes as alias → array.
 
         Args:
           servable: the loaded `Servable`.
@@ -212,11 +165,10 @@ class DataPlane:
           inputs: alias → tensor; `TensorProto` values are decoded here, after the
             signature checks, so errors come in TF Serving's order.
           output_filter: aliases to fetch; all outputs when empty.
-          deadline: absolute `time.monotonic()` deadline, or None.
           rest: word a missing signature as the REST handler does.
 
         Returns:
-          alias → output array.
+          The plan; its `finish` returns {alias: output array}.
 
         Raises:
           ServingError: see TFS_CONTRACT.md §5 / §6.
@@ -224,8 +176,9 @@ class DataPlane:
         signature = self.signature(servable, signature_name, "predict", rest=rest)
         feeds = self._predict_feeds(signature, inputs)
         aliases, fetches = self._predict_fetches(signature, output_filter)
-        outputs = self._run(servable, feeds, fetches, deadline, api="Predict")
-        return dict(zip(aliases, outputs))
+        return RunPlan(
+            servable, feeds, tuple(fetches), "Predict", lambda outputs: dict(zip(aliases, outputs))
+        )
 
     def _predict_feeds(
         self,
@@ -295,206 +248,136 @@ class DataPlane:
             aliases = sorted(outputs)
         return aliases, [outputs[a].name for a in aliases]
 
-    def predict_request(
-        self, servable: Any, request: predict_pb2.PredictRequest, deadline: float | None = None
-    ) -> predict_pb2.PredictResponse:
-        """Answers a `PredictRequest` proto (gRPC and warmup replay).
+    def plan_predict_request(self, servable: Any, request: predict_pb2.PredictRequest) -> RunPlan:
+        """Checks a `PredictRequest` proto; the plan finishes as a `PredictResponse`.
 
-        Returns:
-          The response with `model_spec` (resolved version, signature name) and
-          outputs in typed fields, or `tensor_content` when the server flag says so.
+        The response has `model_spec` (resolved version, signature name) and
+        outputs in typed fields, or `tensor_content` when the server flag says so.
         """
         spec = request.model_spec
-        outputs = self.predict(servable, spec.signature_name, request.inputs, request.output_filter, deadline)
-        response = predict_pb2.PredictResponse()
-        make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
-        for alias, array in outputs.items():
-            tensor_codec.from_numpy(array, self.tensor_content_outputs, response.outputs[alias])
-        return response
+        plan = self.plan_predict(servable, spec.signature_name, request.inputs, request.output_filter)
+        by_alias = plan.finish
+
+        def finish(outputs: list[np.ndarray]) -> predict_pb2.PredictResponse:
+            response = predict_pb2.PredictResponse()
+            make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
+            for alias, array in by_alias(outputs).items():
+                tensor_codec.from_numpy(array, self.tensor_content_outputs, response.outputs[alias])
+            return response
+
+        plan.finish = finish
+        return plan
 
     # ------------------------------------------------------------------ classify / regress
 
-    def _example_input_name(self, signature: meta_graph_pb2.SignatureDef, api: str) -> str:
-        """The input tensor name of a classify/regress signature (structure rules)."""
-        if len(signature.inputs) != 1:
-            raise invalid_argument("Expected one input Tensor.")
-        if CLASSIFY_INPUTS not in signature.inputs:
-            kind = "classification" if api == "classify" else "regression"
-            raise failed_precondition(f"No {kind} inputs found in SignatureDef: {signature}")
-        # Fed by name with the serialized examples, whatever dtype the signature
-        # declares (half_plus_three's regress signature claims DT_FLOAT; TFS_CONTRACT §10.3).
-        return signature.inputs[CLASSIFY_INPUTS].name
-
-    def _classify_fetches(self, signature: meta_graph_pb2.SignatureDef) -> tuple[str, list[str]]:
-        self._check_method(signature, "classify")
-        input_name = self._example_input_name(signature, "classify")
-        outputs = signature.outputs
-        if len(outputs) not in (1, 2):
-            raise invalid_argument(f"Expected one or two output Tensors, found {len(outputs)}")
-        if CLASSIFY_CLASSES not in outputs and CLASSIFY_SCORES not in outputs:
-            raise failed_precondition(
-                'Expected classification signature outputs to contain at least one of "classes" '
-                f'or "scores". Signature was: {signature}'
-            )
-        fetches = [outputs[a].name for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in outputs]
-        return input_name, fetches
-
-    def _regress_fetches(self, signature: meta_graph_pb2.SignatureDef) -> tuple[str, list[str]]:
-        self._check_method(signature, "regress")
-        input_name = self._example_input_name(signature, "regress")
-        if len(signature.outputs) != 1:
-            raise invalid_argument("Expected one output Tensor.")
-        if REGRESS_OUTPUTS not in signature.outputs:
-            raise failed_precondition(f"No regression outputs found in SignatureDef: {signature}")
-        return input_name, [signature.outputs[REGRESS_OUTPUTS].name]
-
-    @staticmethod
-    def _classify_result(
-        signature: meta_graph_pb2.SignatureDef, num_examples: int, by_name: Mapping[str, np.ndarray]
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        outputs = signature.outputs
-        classes = by_name.get(outputs[CLASSIFY_CLASSES].name) if CLASSIFY_CLASSES in outputs else None
-        scores = by_name.get(outputs[CLASSIFY_SCORES].name) if CLASSIFY_SCORES in outputs else None
-        for label, tensor, dtype_ok, dtype in (
-            ("classes", classes, lambda t: t.dtype == object, "DT_STRING"),
-            ("scores", scores, lambda t: t.dtype == np.float32, "DT_FLOAT"),
-        ):
-            if tensor is None:
-                continue
-            if tensor.ndim != 2:
-                raise invalid_argument(
-                    f"Expected Tensor shape: [batch_size num_classes] but got {list(tensor.shape)}"
-                )
-            if not dtype_ok(tensor):
-                raise invalid_argument(f"Expected {label} Tensor of {dtype}. Got: {_tf_dtype_name(tensor)}")
-            if tensor.shape[0] != num_examples:
-                raise invalid_argument(
-                    f"Expected {label} output batch size of {num_examples}. Got: {tensor.shape[0]}"
-                )
-        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-            raise invalid_argument(
-                "Tensors class and score should match in dim_size(1). Got "
-                f"{classes.shape[1]} vs. {scores.shape[1]}"
-            )
-        return classes, scores
-
-    @staticmethod
-    def _regress_result(num_examples: int, tensor: np.ndarray) -> np.ndarray:
-        if not (tensor.ndim == 1 or (tensor.ndim == 2 and tensor.shape[1] == 1)):
-            raise invalid_argument(
-                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] "
-                f"but got {list(tensor.shape)}"
-            )
-        if tensor.shape[0] != num_examples:
-            raise invalid_argument(
-                f"Input batch size did not match output batch size: {num_examples} vs. {tensor.shape[0]}"
-            )
-        if tensor.dtype != np.float32:
-            raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {_tf_dtype_name(tensor)}")
-        return tensor.reshape(num_examples)
-
-    def _run_examples(
+    def _examples_plan(
         self,
         servable: Any,
         input_name: str,
         fetches: Sequence[str],
         examples: Sequence[bytes],
-        deadline: float | None,
         api: str,
-    ) -> dict[str, np.ndarray]:
+        finish: Callable[[list[np.ndarray]], Any],
+    ) -> RunPlan:
         if not examples:
             raise invalid_argument("Input is empty.")
         if self.metrics is not None:
             self.metrics.record_example_count(servable.name, len(examples))
         batch = np.empty(len(examples), dtype=object)
-        batch[:] = list(examples)
-        unique = list(dict.fromkeys(fetches))
-        outputs = self._run(servable, {input_name: batch}, unique, deadline, api=api)
-        return dict(zip(unique, outputs))
+        batch[:] = examples
+        return RunPlan(servable, {input_name: batch}, tuple(fetches), api, finish)
 
-    def classify(
-        self,
-        servable: Any,
-        signature_name: str,
-        serialized_examples: Sequence[bytes],
-        deadline: float | None = None,
-    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Runs a classification signature on serialized `tf.Example`s.
+    def plan_classify(self, servable: Any, signature_name: str, serialized: Sequence[bytes]) -> RunPlan:
+        """Checks a classification request on serialized `tf.Example`s.
 
         Returns:
-          (classes [n,k] object array of bytes or None, scores [n,k] float32 or None).
+          The plan; its `finish` returns (classes [n,k] object array of bytes or
+          None, scores [n,k] float32 or None).
 
         Raises:
-          ServingError: unknown signature, wrong structure, `Input is empty.`, TF errors.
+          ServingError: unknown signature, wrong structure, `Input is empty.`.
         """
         signature = self.signature(servable, signature_name, "classify")
-        input_name, fetches = self._classify_fetches(signature)
-        by_name = self._run_examples(servable, input_name, fetches, serialized_examples, deadline, "Classify")
-        return self._classify_result(signature, len(serialized_examples), by_name)
+        input_name, fetches = sigs.classify_fetches(signature, self.method_name_check)
+        unique = list(dict.fromkeys(fetches))
+        count = len(serialized)
+        return self._examples_plan(
+            servable,
+            input_name,
+            unique,
+            serialized,
+            "Classify",
+            lambda outputs: sigs.classify_result(signature, count, dict(zip(unique, outputs))),
+        )
 
-    def regress(
-        self,
-        servable: Any,
-        signature_name: str,
-        serialized_examples: Sequence[bytes],
-        deadline: float | None = None,
-    ) -> np.ndarray:
-        """Runs a regression signature on serialized `tf.Example`s.
+    def plan_regress(self, servable: Any, signature_name: str, serialized: Sequence[bytes]) -> RunPlan:
+        """Checks a regression request on serialized `tf.Example`s.
 
         Returns:
-          float32 array [n], one value per example.
+          The plan; its `finish` returns a float32 array [n], one value per example.
 
         Raises:
-          ServingError: unknown signature, wrong structure, `Input is empty.`, TF errors.
+          ServingError: unknown signature, wrong structure, `Input is empty.`.
         """
         signature = self.signature(servable, signature_name, "regress")
-        input_name, fetches = self._regress_fetches(signature)
-        by_name = self._run_examples(servable, input_name, fetches, serialized_examples, deadline, "Regress")
-        return self._regress_result(len(serialized_examples), by_name[fetches[0]])
-
-    def classify_request(
-        self,
-        servable: Any,
-        request: classification_pb2.ClassificationRequest,
-        deadline: float | None = None,
-    ) -> classification_pb2.ClassificationResponse:
-        """Answers a `ClassificationRequest` proto (gRPC and warmup replay)."""
-        spec = request.model_spec
-        # Signature first: TF Serving reports a missing signature before an empty input.
-        self.signature(servable, spec.signature_name, "classify")
-        classes, scores = self.classify(
-            servable, spec.signature_name, serialized_examples(request.input), deadline
+        input_name, fetches = sigs.regress_fetches(signature, self.method_name_check)
+        count = len(serialized)
+        return self._examples_plan(
+            servable,
+            input_name,
+            fetches,
+            serialized,
+            "Regress",
+            lambda outputs: sigs.regress_result(count, outputs[0]),
         )
-        response = classification_pb2.ClassificationResponse()
-        make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
-        _fill_classifications(response.result, classes, scores)
-        return response
 
-    def regress_request(
-        self,
-        servable: Any,
-        request: regression_pb2.RegressionRequest,
-        deadline: float | None = None,
-    ) -> regression_pb2.RegressionResponse:
-        """Answers a `RegressionRequest` proto (gRPC and warmup replay)."""
+    def plan_classify_request(
+        self, servable: Any, request: classification_pb2.ClassificationRequest
+    ) -> RunPlan:
+        """Checks a `ClassificationRequest` proto; the plan finishes as its response."""
         spec = request.model_spec
-        self.signature(servable, spec.signature_name, "regress")
-        values = self.regress(servable, spec.signature_name, serialized_examples(request.input), deadline)
-        response = regression_pb2.RegressionResponse()
-        make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
-        for value in values.tolist():
-            response.result.regressions.add().value = value
-        return response
+        # Signature and its structure first: TF Serving checks them before the input.
+        signature = self.signature(servable, spec.signature_name, "classify")
+        sigs.classify_fetches(signature, self.method_name_check)
+        plan = self.plan_classify(servable, spec.signature_name, serialized_examples(request.input))
+        arrays = plan.finish
+
+        def finish(outputs: list[np.ndarray]) -> classification_pb2.ClassificationResponse:
+            classes, scores = arrays(outputs)
+            response = classification_pb2.ClassificationResponse()
+            make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
+            sigs.fill_classifications(response.result, classes, scores)
+            return response
+
+        plan.finish = finish
+        return plan
+
+    def plan_regress_request(self, servable: Any, request: regression_pb2.RegressionRequest) -> RunPlan:
+        """Checks a `RegressionRequest` proto; the plan finishes as its response."""
+        spec = request.model_spec
+        signature = self.signature(servable, spec.signature_name, "regress")
+        sigs.regress_fetches(signature, self.method_name_check)
+        plan = self.plan_regress(servable, spec.signature_name, serialized_examples(request.input))
+        values = plan.finish
+
+        def finish(outputs: list[np.ndarray]) -> regression_pb2.RegressionResponse:
+            response = regression_pb2.RegressionResponse()
+            make_model_spec(spec.name, spec.signature_name, servable.version, response.model_spec)
+            for value in values(outputs).tolist():
+                response.result.regressions.add().value = value
+            return response
+
+        plan.finish = finish
+        return plan
 
     # ------------------------------------------------------------------ multi inference
 
-    def multi_inference_request(
+    def plan_multi_inference_request(
         self,
         servable: Any,
         request: inference_pb2.MultiInferenceRequest,
-        deadline: float | None = None,
-    ) -> inference_pb2.MultiInferenceResponse:
-        """Answers a `MultiInferenceRequest`: several classify/regress signatures, one input.
+    ) -> RunPlan:
+        """Plans a `MultiInferenceRequest`: several classify/regress signatures, one input.
 
         The servable must already be resolved from the first task's model spec.
 
@@ -526,9 +409,9 @@ class DataPlane:
             if signature is None:
                 raise invalid_argument(f"Requested signature not found in model graph: {name}")
             if task.method_name == CLASSIFY_METHOD:
-                this_input, fetches = self._classify_fetches(signature)
+                this_input, fetches = sigs.classify_fetches(signature, self.method_name_check)
             elif task.method_name == REGRESS_METHOD:
-                this_input, fetches = self._regress_fetches(signature)
+                this_input, fetches = sigs.regress_fetches(signature, self.method_name_check)
             else:
                 raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
             if not input_name:
@@ -538,29 +421,53 @@ class DataPlane:
             fetch_names.update(fetches)
             plans.append((task, name, signature))
 
-        examples = serialized_examples(request.input)
-        by_name = self._run_examples(
-            servable, input_name, sorted(fetch_names), examples, deadline, "MultiInference"
-        )
-        response = inference_pb2.MultiInferenceResponse()
-        for task, _, signature in plans:
-            result = response.results.add()
-            make_model_spec(
-                task.model_spec.name,
-                task.model_spec.signature_name,
-                servable.version,
-                result.model_spec,
-            )
-            if task.method_name == CLASSIFY_METHOD:
-                classes, scores = self._classify_result(signature, len(examples), by_name)
-                _fill_classifications(result.classification_result, classes, scores)
-            else:
-                tensor = by_name[signature.outputs[REGRESS_OUTPUTS].name]
-                for value in self._regress_result(len(examples), tensor).tolist():
-                    result.regression_result.regressions.add().value = value
-        return response
+        examples = sigs.serialized_examples(request.input)
+        fetches = sorted(fetch_names)
 
-    # ------------------------------------------------------------------ warmup
+        def finish(outputs: list[np.ndarray]) -> inference_pb2.MultiInferenceResponse:
+            by_name = dict(zip(fetches, outputs))
+            response = inference_pb2.MultiInferenceResponse()
+            for task, _, signature in plans:
+                result = response.results.add()
+                make_model_spec(
+                    task.model_spec.name, task.model_spec.signature_name, servable.version, result.model_spec
+                )
+                if task.method_name == CLASSIFY_METHOD:
+                    classes, scores = sigs.classify_result(signature, len(examples), by_name)
+                    sigs.fill_classifications(result.classification_result, classes, scores)
+                else:
+                    tensor = by_name[signature.outputs[sigs.REGRESS_OUTPUTS].name]
+                    for value in sigs.regress_result(len(examples), tensor).tolist():
+                        result.regression_result.regressions.add().value = value
+            return response
+
+        return self._examples_plan(servable, input_name, fetches, examples, "MultiInference", finish)
+
+    # ------------------------------------------------------------------ blocking calls (warmup)
+
+    def predict_request(
+        self, servable: Any, request: predict_pb2.PredictRequest, deadline: float | None = None
+    ) -> predict_pb2.PredictResponse:
+        """Answers a `PredictRequest` on this thread (warmup replay)."""
+        return self.run(self.plan_predict_request(servable, request), deadline)
+
+    def classify_request(
+        self, servable: Any, request: classification_pb2.ClassificationRequest, deadline: float | None = None
+    ) -> classification_pb2.ClassificationResponse:
+        """Answers a `ClassificationRequest` on this thread (warmup replay)."""
+        return self.run(self.plan_classify_request(servable, request), deadline)
+
+    def regress_request(
+        self, servable: Any, request: regression_pb2.RegressionRequest, deadline: float | None = None
+    ) -> regression_pb2.RegressionResponse:
+        """Answers a `RegressionRequest` on this thread (warmup replay)."""
+        return self.run(self.plan_regress_request(servable, request), deadline)
+
+    def multi_inference_request(
+        self, servable: Any, request: inference_pb2.MultiInferenceRequest, deadline: float | None = None
+    ) -> inference_pb2.MultiInferenceResponse:
+        """Answers a `MultiInferenceRequest` on this thread (warmup replay)."""
+        return self.run(self.plan_multi_inference_request(servable, request), deadline)
 
     def replay_warmup_record(self, servable: Any, prediction_log: prediction_log_pb2.PredictionLog) -> None:
         """Replays one warmup `PredictionLog` against a servable being loaded.
@@ -582,54 +489,3 @@ class DataPlane:
             self.multi_inference_request(servable, prediction_log.multi_inference_log.request)
         else:
             raise unimplemented(f"Unsupported log_type for warmup: {kind}")
-
-    # ------------------------------------------------------------------ running
-
-    def _run(
-        self,
-        servable: Any,
-        feeds: dict[str, np.ndarray],
-        fetches: Sequence[str],
-        deadline: float | None,
-        api: str,
-    ) -> list[np.ndarray]:
-        """One session run, through the batch scheduler when batching is on."""
-        if deadline is not None and time.monotonic() >= deadline:
-            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-        start = time.perf_counter()
-        if self.batcher is not None:
-            outputs = self.batcher.run(servable, feeds, fetches, deadline)
-        else:
-            outputs = servable.run(feeds, fetches)
-        if self.metrics is not None:
-            self.metrics.record_runtime(servable.name, api, time.perf_counter() - start)
-        return outputs
-
-
-def _tf_dtype_name(array: np.ndarray) -> str:
-    try:
-        return types_pb2.DataType.Name(tensor_codec.tf_dtype_of(array))
-    except TypeError:
-        return str(array.dtype)
-
-
-def _fill_classifications(
-    result: classification_pb2.ClassificationResult,
-    classes: np.ndarray | None,
-    scores: np.ndarray | None,
-) -> None:
-    """Writes [n,k] classes/scores into a `ClassificationResult` (label '' / score 0 if absent)."""
-    base = classes if classes is not None else scores
-    if base is None:
-        return
-    num_examples, num_classes = base.shape
-    class_rows = classes.tolist() if classes is not None else None
-    score_rows = scores.tolist() if scores is not None else None
-    for i in range(num_examples):
-        entry = result.classifications.add()
-        for c in range(num_classes):
-            cls = entry.classes.add()
-            if class_rows is not None:
-                cls.label = tensor_codec.as_bytes(class_rows[i][c]).decode("utf-8", "replace")
-            if score_rows is not None:
-                cls.score = score_rows[i][c]

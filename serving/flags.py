@@ -68,7 +68,12 @@ class ServerOptions:
         "string", "", "gRPC server arguments as comma-separated key=value pairs"
     )
     rest_api_port: int = flag("int32", 0, "TCP port for the HTTP/REST API (0: no REST API)")
-    rest_api_num_threads: int = flag("int32", 4 * _CPUS, "number of threads running REST inference")
+    rest_api_num_threads: int = flag(
+        "int32",
+        4 * _CPUS,
+        "worker threads for unbatched session runs and large REST bodies (TF Serving: threads serving REST "
+        "requests; here a request waiting for its batch holds no thread, so this does not cap batching)",
+    )
     rest_api_timeout_in_ms: int = flag("int32", 30000, "timeout of one REST request in milliseconds")
     rest_api_enable_cors_support: bool = flag(
         "bool", False, "answer REST requests with permissive CORS headers"
@@ -149,10 +154,39 @@ class ServerOptions:
     mixed_precision: str = flag("string", "", "mixed precision mode (accepted, no effect here)")
     skip_initialize_tpu: bool = flag("bool", False, "skip TPU initialization (accepted, no effect here)")
     enable_grpc_healthcheck_service: bool = flag("bool", False, "register the standard gRPC health service")
-    grpc_max_threads: int = flag("int32", 4 * _CPUS, "maximum threads handling gRPC requests")
+    grpc_max_threads: int = flag(
+        "int32",
+        4 * _CPUS,
+        "worker threads for unbatched session runs and large gRPC messages, shared with REST's (TF Serving: "
+        "threads serving gRPC; here requests are served on one event loop and do not cap batching)",
+    )
 
     # --- textserve's own flags (not in tensorflow_model_server) -----------------
     # Front ends, data plane and shutdown:
+    batching_idle_fast_path: bool = flag(
+        "bool", True, "run a batch at once when its model is idle instead of waiting batch_timeout_micros"
+    )
+    max_rows_per_session_run: int = flag(
+        "int64", 1024, "without batching, run larger requests in slices of this many rows (0: no limit)"
+    )
+    max_request_input_bytes: int = flag(
+        "int64",
+        256 << 20,
+        "decoded-input budget of one request in bytes (0: none; over it: RESOURCE_EXHAUSTED/429)",
+    )
+    max_inflight_input_bytes: int = flag(
+        "int64",
+        768 << 20,
+        "decoded-input budget of all requests in flight in bytes (0: none; fits a 2 GiB pod)",
+    )
+    drain_grace_period_s: int = flag(
+        "int32",
+        20,
+        "on SIGTERM, seconds to let in-flight requests finish (keep below terminationGracePeriodSeconds)",
+    )
+    rest_api_idle_timeout_s: int = flag(
+        "int32", 75, "close a kept-alive REST connection idle this many seconds"
+    )
 
     # Model lifecycle and input validation:
 

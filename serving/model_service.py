@@ -1,20 +1,22 @@
-"""gRPC `tensorflow.serving.ModelService`: GetModelStatus and HandleReloadConfigRequest.
+"""gRPC `tensorflow.serving.ModelService` on `grpc.aio`: GetModelStatus and HandleReloadConfigRequest.
 
 A thin front end over the `ModelManager` (TFS_CONTRACT.md §2, §5): it checks the
-request's envelope, delegates, and turns a `ServingError` into the gRPC status
-with TF Serving's code and message.
+request's envelope, delegates, and turns a failure into the gRPC status with TF
+Serving's code and message (`serving.errors`). A reload waits for models to
+load, so it runs on a worker thread, never on the event loop.
 
     add_model_service(server, manager)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-from serving.errors import ServingError, invalid_argument
+from serving.errors import abort_grpc, as_serving_error, escape_for_log, invalid_argument
 from serving.model_manager import ModelManager
 
 log = logging.getLogger("serving.model_service")
@@ -30,7 +32,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, manager: ModelManager):
         self.manager = manager
 
-    def GetModelStatus(self, request, context):
+    async def GetModelStatus(self, request, context):
         """Status of one version (model_spec.version) or of every known version.
 
         A version label is ignored, as in TF Serving: only an explicit version narrows.
@@ -41,10 +43,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             spec = request.model_spec
             version = spec.version.value if spec.HasField("version") else None
             return self.manager.model_status(spec.name, version)
-        except ServingError as e:
-            context.abort(e.code, e.grpc_message())
+        except Exception as e:
+            error = as_serving_error(e, "GetModelStatus")
+        await abort_grpc(context, error)
 
-    def HandleReloadConfigRequest(self, request, context):
+    async def HandleReloadConfigRequest(self, request, context):
         """Replaces the served models with `request.config` (a model_config_list only).
 
         Replies only once every added model is AVAILABLE. On failure the call
@@ -62,21 +65,21 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 log.info(
                     "Reload config entry %d: name=%s base_path=%s platform=%s",
                     index,
-                    model.name,
-                    model.base_path,
-                    model.model_platform,
+                    escape_for_log(model.name),
+                    escape_for_log(model.base_path),
+                    escape_for_log(model.model_platform),
                 )
-            self.manager.reload_config(request.config)
-        except ServingError as e:
-            log.error("ServerCore failed to reload config: %s", e.message)
-            response.status.error_code = e.code.value[0]
-            response.status.error_message = e.message
-            context.abort(e.code, e.grpc_message())
-        return response
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.manager.reload_config, request.config)
+            return response
+        except Exception as e:
+            error = as_serving_error(e, "HandleReloadConfigRequest")
+        log.error("ServerCore failed to reload config: %s", escape_for_log(error.message))
+        await abort_grpc(context, error)
 
 
-def add_model_service(server: grpc.Server, manager: ModelManager) -> ModelServicer:
-    """Registers the ModelService on a `grpc.Server` and returns the servicer."""
+def add_model_service(server: grpc.aio.Server, manager: ModelManager) -> ModelServicer:
+    """Registers the ModelService on a `grpc.aio.Server` and returns the servicer."""
     servicer = ModelServicer(manager)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
     return servicer

@@ -1,19 +1,22 @@
-"""gRPC `tensorflow.serving.PredictionService`: a thin front end over the data plane.
+"""gRPC `tensorflow.serving.PredictionService` on `grpc.aio`: parse → data plane → answer.
 
-Each method resolves the request's `ModelSpec` with the `ModelManager`, hands the
-request proto to the `DataPlane`, and turns a `ServingError` into a gRPC status
-with TF Serving's code and message (TFS_CONTRACT.md §5). The client deadline
-becomes the run deadline (DEADLINE_EXCEEDED when it passes while queued).
+Each method resolves the request's `ModelSpec` once with the `ModelManager`,
+asks the `DataPlane` for a run plan (TF Serving's checks, decoding), awaits the
+run on the event loop (no thread is held while the request waits for its
+batch) and answers; a failure becomes a gRPC status through `serving.errors`
+(TFS_CONTRACT.md §5). The client deadline becomes the run deadline: rows still
+queued when it passes are not run, and a client that goes away takes its rows
+out of the queue.
 
-    server = grpc.server(...)
-    add_prediction_service(server, manager, dataplane, metrics)
+    server = grpc.aio.server(...)
+    add_prediction_service(server, manager, dataplane, metrics, budget)
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -23,14 +26,15 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.dataplane import DataPlane, make_model_spec
-from serving.errors import ServingError, invalid_argument
-
-log = logging.getLogger(__name__)
+from serving.dataplane import DataPlane, RunPlan, make_model_spec
+from serving.errors import ServingError, abort_grpc, as_serving_error, invalid_argument
+from serving.memory import InputBudget
 
 SIGNATURE_DEF_FIELD = "signature_def"
 # A gRPC call without a deadline reports a remaining time of years; treat it as none.
 _NO_DEADLINE_S = 1e8
+# Requests larger than this are decoded on a worker thread, not on the event loop.
+_DECODE_OFF_LOOP_BYTES = 1 << 20
 
 Response = TypeVar("Response")
 
@@ -52,7 +56,7 @@ def resolve_model_spec(manager: Any, spec: model_pb2.ModelSpec) -> Any:
     return manager.resolve(spec.name)
 
 
-def _deadline(context: grpc.ServicerContext) -> float | None:
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     if remaining is None or remaining > _NO_DEADLINE_S:
         return None
@@ -64,89 +68,106 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     Args:
       manager: the `ModelManager` resolving model specs to servables.
-      dataplane: the `DataPlane` running requests.
+      dataplane: the `DataPlane` planning and running requests.
       metrics: `Metrics` for request counts and latencies (None: not recorded).
+      budget: the memory budget decoded inputs are reserved from (None: unbounded).
     """
 
-    def __init__(self, manager: Any, dataplane: DataPlane, metrics: Any = None):
+    def __init__(
+        self, manager: Any, dataplane: DataPlane, metrics: Any = None, budget: InputBudget | None = None
+    ):
         self.manager = manager
         self.dataplane = dataplane
         self.metrics = metrics
+        self.budget = budget
 
-    def _serve(
+    async def _serve(
         self,
         api: str,
         model_name: str,
-        context: grpc.ServicerContext,
-        body: Callable[[float | None], Response],
+        context: grpc.aio.ServicerContext,
+        body: Callable[[float | None], Awaitable[Response]],
         record: bool = True,
     ) -> Response:
-        """Runs `body(deadline)`, maps a `ServingError` to a gRPC status, records metrics."""
+        """Awaits `body(deadline)`; maps any failure to a gRPC status; records metrics."""
         start = time.perf_counter()
         status = grpc.StatusCode.OK
         try:
-            return body(_deadline(context))
-        except ServingError as e:
-            status = e.code
-            context.abort(e.code, e.grpc_message())
+            return await body(_deadline(context))
+        except asyncio.CancelledError:
+            status = grpc.StatusCode.CANCELLED  # the client went away; its rows left the queue
+            raise
         except Exception as e:
-            log.exception("%s on model %r failed unexpectedly", api, model_name)
-            status = grpc.StatusCode.INTERNAL
-            context.abort(grpc.StatusCode.INTERNAL, f"{api} failed: {e}")
+            error = as_serving_error(e, f"{api} on model {model_name!r}")
+            status = error.code
         finally:
             if record and self.metrics is not None:
                 self.metrics.record_request(model_name, api, "GRPC", status.name, time.perf_counter() - start)
-        raise AssertionError("unreachable: context.abort() raises")
+        await abort_grpc(context, error)
 
-    def _servable_for(self, request: Any) -> Any:
+    async def _run(self, request: Any, plan_for: Callable[[Any], RunPlan], deadline: float | None) -> Any:
+        """Resolves the model once, plans (off the loop for large messages), runs."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return resolve_model_spec(self.manager, request.model_spec)
+        servable = resolve_model_spec(self.manager, request.model_spec)
+        size = request.ByteSize()
+        with InputBudget.reserve_or_none(self.budget, size, "request"):
+            if size > _DECODE_OFF_LOOP_BYTES:
+                loop = asyncio.get_running_loop()
+                plan = await loop.run_in_executor(self.dataplane.pool, plan_for, servable)
+            else:
+                plan = plan_for(servable)
+            return await self.dataplane.run_async(plan, deadline)
 
-    def Predict(self, request, context):
+    async def Predict(self, request, context):
         """PredictionService.Predict: run a signature on input tensors."""
-        return self._serve(
+        plan = self.dataplane.plan_predict_request
+        return await self._serve(
             "Predict",
             request.model_spec.name,
             context,
-            lambda deadline: self.dataplane.predict_request(self._servable_for(request), request, deadline),
+            lambda deadline: self._run(request, lambda servable: plan(servable, request), deadline),
         )
 
-    def Classify(self, request, context):
+    async def Classify(self, request, context):
         """PredictionService.Classify: run a classification signature on tf.Examples."""
-        return self._serve(
+        plan = self.dataplane.plan_classify_request
+        return await self._serve(
             "Classify",
             request.model_spec.name,
             context,
-            lambda deadline: self.dataplane.classify_request(self._servable_for(request), request, deadline),
+            lambda deadline: self._run(request, lambda servable: plan(servable, request), deadline),
         )
 
-    def Regress(self, request, context):
+    async def Regress(self, request, context):
         """PredictionService.Regress: run a regression signature on tf.Examples."""
-        return self._serve(
+        plan = self.dataplane.plan_regress_request
+        return await self._serve(
             "Regress",
             request.model_spec.name,
             context,
-            lambda deadline: self.dataplane.regress_request(self._servable_for(request), request, deadline),
+            lambda deadline: self._run(request, lambda servable: plan(servable, request), deadline),
         )
 
-    def MultiInference(self, request, context):
+    async def MultiInference(self, request, context):
         """PredictionService.MultiInference: several classify/regress tasks on one input."""
 
-        def body(deadline):
+        async def body(deadline):
             if not request.tasks:
                 raise invalid_argument("MultiInferenceRequest must specify at least one task.")
             # The model comes from the first task; the data plane checks the others name it too.
             servable = resolve_model_spec(self.manager, request.tasks[0].model_spec)
-            return self.dataplane.multi_inference_request(servable, request, deadline)
+            with InputBudget.reserve_or_none(self.budget, request.ByteSize(), "request"):
+                plan = self.dataplane.plan_multi_inference_request(servable, request)
+                return await self.dataplane.run_async(plan, deadline)
 
         model_name = request.tasks[0].model_spec.name if request.tasks else ""
-        return self._serve("MultiInference", model_name, context, body)
+        return await self._serve("MultiInference", model_name, context, body)
 
-    def GetModelMetadata(self, request, context):
+    async def GetModelMetadata(self, request, context):
         """PredictionService.GetModelMetadata: the model's SignatureDefMap (only field supported)."""
 
-        def body(_deadline):
+        async def body(_deadline):
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             if not request.metadata_field:
@@ -163,13 +184,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
             return response
 
-        return self._serve("GetModelMetadata", request.model_spec.name, context, body, record=False)
+        return await self._serve("GetModelMetadata", request.model_spec.name, context, body, record=False)
 
 
 def add_prediction_service(
-    server: grpc.Server, manager: Any, dataplane: DataPlane, metrics: Any = None
+    server: grpc.aio.Server,
+    manager: Any,
+    dataplane: DataPlane,
+    metrics: Any = None,
+    budget: InputBudget | None = None,
 ) -> PredictionServicer:
-    """Registers the PredictionService on a `grpc.Server` and returns the servicer."""
-    servicer = PredictionServicer(manager, dataplane, metrics)
+    """Registers the PredictionService on a `grpc.aio.Server` and returns the servicer."""
+    servicer = PredictionServicer(manager, dataplane, metrics, budget)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     return servicer
+
+
+__all__ = ["PredictionServicer", "ServingError", "add_prediction_service", "resolve_model_spec"]

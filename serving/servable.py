@@ -8,10 +8,17 @@ TFS_CONTRACT.md §10.1). Runs go through callables made with
 `Session._make_callable_from_options`, which, like the C++ session, does not
 check feed shapes against the graph's static shapes (§10.2); one callable is
 cached per (feeds, fetches) pair.
+
+A run may carry a timeout, passed to TensorFlow as `RunOptions.timeout_in_ms`
+(as TF Serving passes the request's remaining deadline), so a request whose
+client gave up stops using CPU. The timeout lives in the callable's options, so
+timeouts are rounded up to one of a few steps per doubling (at most ~19% over
+the deadline) and one callable is cached per step.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +26,28 @@ import grpc
 import numpy as np
 
 from serving.errors import ServingError
+
+# Timeout steps per doubling: 4 → each step is 2**0.25 ≈ 1.19× the previous one.
+_TIMEOUT_STEPS_PER_DOUBLING = 4
+# A run's timeout is never below this (a run cannot start and finish in less).
+_MIN_TIMEOUT_MS = 1
+
+
+def timeout_step_ms(timeout_s: float | None) -> int:
+    """The run timeout a remaining deadline rounds up to, in ms (0 = no timeout).
+
+    Args:
+      timeout_s: seconds left, or None for no deadline.
+
+    Returns:
+      0 for None, else the smallest step ≥ the remaining time.
+    """
+    if timeout_s is None:
+        return 0
+    ms = max(timeout_s * 1000.0, _MIN_TIMEOUT_MS)
+    exponent = math.ceil(math.log2(ms) * _TIMEOUT_STEPS_PER_DOUBLING)
+    return max(_MIN_TIMEOUT_MS, math.ceil(2 ** (exponent / _TIMEOUT_STEPS_PER_DOUBLING)))
+
 
 # TensorFlow's error codes are the canonical codes, numbered as gRPC numbers them.
 _CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -140,8 +169,8 @@ class Servable:
                 code, f"Failed to load SavedModel at {path} with tags {{{','.join(tags)}}}: {e}"
             ) from e
         self.signature_defs: Mapping[str, object] = dict(self.meta_graph_def.signature_def)
-        # feeds, fetches → (callable, dtype name each feed expects)
-        self._callables: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[object, list[str]]] = {}
+        # feeds, fetches, timeout step → (callable, dtype name each feed expects)
+        self._callables: dict[tuple[tuple[str, ...], tuple[str, ...], int], tuple[object, list[str]]] = {}
         self._callables_lock = threading.Lock()
         self._inflight = 0
         self._idle = threading.Condition()
@@ -149,8 +178,8 @@ class Servable:
     def __repr__(self) -> str:
         return f"Servable({self.name!r}, {self.version}, {self.path!r})"
 
-    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
-        key = (feeds, fetches)
+    def _callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int = 0):
+        key = (feeds, fetches, timeout_ms)
         found = self._callables.get(key)
         if found is not None:
             return found
@@ -160,6 +189,8 @@ class Servable:
             found = self._callables.get(key)
             if found is None:
                 options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                if timeout_ms:
+                    options.run_options.timeout_in_ms = timeout_ms
                 tf = _tf()
                 try:
                     expected = [_dtype_name(self._graph.get_tensor_by_name(n).dtype) for n in feeds]
@@ -172,7 +203,9 @@ class Servable:
                 self._callables[key] = found
         return found
 
-    def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
+    def run(
+        self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str], timeout_s: float | None = None
+    ) -> list[np.ndarray]:
         """Runs the graph once, as TF Serving's C++ Session::Run would.
 
         Thread-safe; concurrent calls run concurrently.
@@ -180,6 +213,7 @@ class Servable:
         Args:
           feeds: tensor name (e.g. "x:0") → value.
           fetches: tensor names to return, in order.
+          timeout_s: stop the run after this long (DEADLINE_EXCEEDED); None: no limit.
 
         Returns:
           One numpy array per fetch.
@@ -189,7 +223,9 @@ class Servable:
             (e.g. INVALID_ARGUMENT "Expects arg[0] to be float but string is provided").
         """
         names = tuple(feeds)
-        fn, expected = self._callable(names, tuple(fetches))
+        if timeout_s is not None and timeout_s <= 0:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        fn, expected = self._callable(names, tuple(fetches), timeout_step_ms(timeout_s))
         tf = _tf()
         # The C++ session checks argument dtypes before running, with this wording.
         for index, name in enumerate(names):

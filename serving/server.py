@@ -6,26 +6,35 @@
 
 Takes tensorflow_model_server's flags (see `serving.flags`) and behaves like it
 (TFS_CONTRACT.md §1): the flags are checked, every configured model is loaded
-(and warmed up) before any port opens, then the gRPC PredictionService and
-ModelService listen on 0.0.0.0:--port (and on unix:--grpc_socket_path) and the
-REST API on --rest_api_port. One line, READY_MESSAGE, goes to stderr once
-everything answers. SIGTERM or SIGINT stops accepting new requests, lets the
-ones in flight finish, and exits 0. Startup failures print TF Serving's
-`Failed to start server. Error: CODE: message` and exit non-zero.
+(and warmed up) before any port opens, then the gRPC PredictionService,
+ModelService (and, with --enable_grpc_healthcheck_service, the standard
+`grpc.health.v1.Health`) listen on 0.0.0.0:--port (and on
+unix:--grpc_socket_path) and the REST API on [::]:--rest_api_port. One line,
+READY_MESSAGE, goes to stderr once everything answers. Startup failures print
+TF Serving's `Failed to start server. Error: CODE: message` and exit non-zero.
+
+Both front ends run on one asyncio event loop (uvloop when installed: the
+`fast` extra): `grpc.aio` for gRPC, aiohttp for REST. A request holds no thread
+while it waits for its batch; session runs happen on the batch threads (or on
+worker threads without batching).
+
+SIGTERM or SIGINT drains: health turns NOT_SERVING, the listening sockets
+close, gRPC sends GOAWAY, REST answers carry `Connection: close`, the requests
+in flight finish within `--drain_grace_period_s` (20 s by default, so that with
+Kubernetes' 5 s preStop sleep it ends inside the default 30 s
+terminationGracePeriodSeconds), and the process exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import signal
 import sys
-import threading
-from concurrent import futures
 
 # Printed to stderr when every port answers (tests/serving/conftest.py waits for it).
 READY_MESSAGE = "textserve model server is ready"
-# How long SIGTERM waits for in-flight requests before closing connections.
-SHUTDOWN_GRACE_S = 30.0
 # TF Serving lifts gRPC's 4 MB default to INT32_MAX in both directions.
 MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -76,58 +85,34 @@ def grpc_channel_arguments(text: str) -> list[tuple[str, object]]:
     return arguments
 
 
-def _add_health_service(server, service_names: list[str]) -> None:
-    """Registers `grpc.health.v1.Health/Check` (grpcio-health-checking is not a dependency).
+# The names the health service reports SERVING ("" is the whole server), as TF Serving registers them.
+HEALTH_SERVICE_NAMES = (
+    "",
+    "ModelService",
+    "PredictionService",
+    "tensorflow.serving.ModelService",
+    "tensorflow.serving.PredictionService",
+)
 
-    The two messages are tiny, so they are declared here from a descriptor built
-    in code; every name in `service_names` (and "", the whole server) is SERVING.
-    """
-    import grpc
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    field = descriptor_pb2.FieldDescriptorProto
-    file_proto = descriptor_pb2.FileDescriptorProto(
-        name="textserve/serving/health.proto", package="grpc.health.v1", syntax="proto3"
-    )
-    request = file_proto.message_type.add(name="HealthCheckRequest")
-    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
-    response = file_proto.message_type.add(name="HealthCheckResponse")
-    status_enum = response.enum_type.add(name="ServingStatus")
-    for number, name in enumerate(["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]):
-        status_enum.value.add(name=name, number=number)
-    response.field.add(
-        name="status",
-        number=1,
-        type=field.TYPE_ENUM,
-        label=field.LABEL_OPTIONAL,
-        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file_proto)
-    request_class = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")
-    )
-    response_class = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")
-    )
-    serving = {"", *service_names}
+async def _add_health_service(server):
+    """Registers grpcio-health-checking's `grpc.health.v1.Health`, every service SERVING."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    def check(req, context):
-        if req.service not in serving:
-            context.abort(grpc.StatusCode.NOT_FOUND, "service name unknown")
-        return response_class(status=1)  # SERVING
+    servicer = health.aio.HealthServicer()
+    for name in HEALTH_SERVICE_NAMES:
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
 
-    handler = grpc.method_handlers_generic_handler(
-        "grpc.health.v1.Health",
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                check,
-                request_deserializer=request_class.FromString,
-                response_serializer=response_class.SerializeToString,
-            ),
-        },
-    )
-    server.add_generic_rpc_handlers((handler,))
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (faster I/O), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def main(argv: list[str], prog: str = "tensorflow_model_server") -> int:
@@ -175,15 +160,11 @@ def main(argv: list[str], prog: str = "tensorflow_model_server") -> int:
 
 
 def _serve(options) -> int:
-    """Loads the models, opens the ports, blocks until a stop signal, drains."""
-    import grpc
-
+    """Loads the models, then runs both front ends on one event loop until a stop signal."""
     from serving import config_protos, model_manager, warmup
     from serving.dataplane import DataPlane
     from serving.errors import ServingError
     from serving.metrics import Metrics
-    from serving.model_service import add_model_service
-    from serving.prediction_service import add_prediction_service
 
     try:
         config = model_manager.initial_config(options)
@@ -223,26 +204,36 @@ def _serve(options) -> int:
         dataplane.close()
         return _startup_failure(e.code.name, e.message)
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max(1, options.grpc_max_threads), thread_name_prefix="grpc"),
+    loop = _new_event_loop()
+    try:
+        return loop.run_until_complete(
+            _run_front_ends(options, manager, dataplane, metrics, channel_arguments)
+        )
+    finally:
+        dataplane.close()
+        manager.stop()
+        loop.close()
+
+
+async def _run_front_ends(options, manager, dataplane, metrics, channel_arguments) -> int:
+    """Opens gRPC and REST on the running loop, waits for SIGTERM/SIGINT, drains."""
+    import grpc
+
+    from serving.memory import InputBudget
+    from serving.model_service import add_model_service
+    from serving.prediction_service import add_prediction_service
+
+    budget = InputBudget(options.max_request_input_bytes, options.max_inflight_input_bytes)
+    server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             *channel_arguments,
         ],
     )
-    add_prediction_service(server, manager, dataplane, metrics)
+    add_prediction_service(server, manager, dataplane, metrics, budget)
     add_model_service(server, manager)
-    if options.enable_grpc_healthcheck_service:
-        _add_health_service(
-            server,
-            [
-                "ModelService",
-                "PredictionService",
-                "tensorflow.serving.ModelService",
-                "tensorflow.serving.PredictionService",
-            ],
-        )
+    health = await _add_health_service(server) if options.enable_grpc_healthcheck_service else None
     addresses = []
     if options.port:
         addresses.append(f"0.0.0.0:{options.port}")
@@ -254,12 +245,10 @@ def _serve(options) -> int:
         except RuntimeError:
             bound = 0
         if not bound:
-            manager.stop()
-            dataplane.close()
             return _startup_failure(
                 "UNAVAILABLE", f"Failed to BuildAndStart gRPC server: cannot listen on {address}"
             )
-    server.start()
+    await server.start()
     for address in addresses:
         log.info("Running gRPC ModelServer at %s ...", address)
 
@@ -271,56 +260,48 @@ def _serve(options) -> int:
                 "port for HTTP/REST API. Skipped exporting HTTP/REST API."
             )
         else:
+            from serving.rest import RestServer
+
+            rest_server = RestServer(dataplane, manager, options, metrics, budget=budget)
             try:
-                rest_server = _start_rest(dataplane, manager, options, metrics)
+                await rest_server.open()
             except OSError as e:
-                server.stop(0)
-                manager.stop()
-                dataplane.close()
+                await server.stop(0)
                 return _startup_failure(
                     "UNAVAILABLE", f"Failed to start HTTP Server at localhost:{options.rest_api_port}: {e}"
                 )
-            if rest_server is not None:
-                log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_api_port)
+            log.info("Exporting HTTP/REST API at:localhost:%d ...", options.rest_api_port)
 
-    stop = threading.Event()
+    stop = asyncio.Event()
     received: list[int] = []
+    loop = asyncio.get_running_loop()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int) -> None:
         received.append(signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
     rest_text = f"localhost:{options.rest_api_port}" if rest_server is not None else "off"
     print(
         f"{READY_MESSAGE}: gRPC at {', '.join(addresses)}, REST at {rest_text}", file=sys.stderr, flush=True
     )
-    while not stop.wait(1.0):
-        pass
+    await stop.wait()
 
+    grace = float(options.drain_grace_period_s)
     log.info(
         "Received %s: no new requests; waiting up to %.0f s for the ones in flight",
         signal.Signals(received[0]).name,
-        SHUTDOWN_GRACE_S,
+        grace,
     )
-    grpc_done = server.stop(SHUTDOWN_GRACE_S)
+    if health is not None:
+        await health.enter_graceful_shutdown()  # NOT_SERVING: load balancers stop sending
+    drains = [server.stop(grace)]
     if rest_server is not None:
-        rest_server.stop(SHUTDOWN_GRACE_S)
-    grpc_done.wait()
-    dataplane.close()
-    manager.stop()
+        drains.append(rest_server.drain(grace))
+    await asyncio.gather(*drains)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError):
+            loop.remove_signal_handler(signum)
     log.info("Server stopped")
     return 0
-
-
-def _start_rest(dataplane, manager, options, metrics):
-    """Starts owner C's REST server; None (logged) while that module is absent."""
-    try:
-        from serving.rest import start_rest_server
-    except ModuleNotFoundError as e:
-        if e.name != "serving.rest":
-            raise
-        log.error("The REST API module serving/rest.py is missing; serving gRPC only")
-        return None
-    return start_rest_server(dataplane, manager, options, metrics)

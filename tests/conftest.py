@@ -133,3 +133,30 @@ def bbc_run(bbc_path, tmp_path_factory):
 
     config = load_config(None, ["model.arch=tfidf"])
     return train(config, bbc_path, tmp_path_factory.mktemp("bbc_run") / "run", verbose=0, log=lambda *_: None)
+
+
+# --- Test tiers ---------------------------------------------------------------
+# Every test gets exactly one tier marker, from what it needs, so that
+# `pytest -m unit` (seconds, no training, no server) can run on every save:
+#   e2e       trains a model (uses a training fixture), runs `textserve` as a
+#             process, or lives in tests/e2e/ (mark such tests @pytest.mark.e2e);
+#   contract  checks TF Serving's contract on its own test models (tests/serving/
+#             tests using the `tfs_testdata` fixture), mostly through a server process;
+#   unit      everything else.
+# `pytest -q` (the README's command) runs all three.
+# Fixtures that train; a test that trains by itself carries @pytest.mark.e2e.
+TRAINING_FIXTURES = {"tiny_run", "bbc_run", "good_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        trains = bool(TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())))
+        if trains or item.get_closest_marker("e2e") or "e2e" in path.parts:
+            tier = "e2e"
+        elif "serving" in path.parts and "tfs_testdata" in getattr(item, "fixturenames", ()):
+            tier = "contract"
+        else:
+            tier = "unit"
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))

@@ -76,7 +76,12 @@ def _run_demo(args) -> int:
     from pipeline.errors import DataError, FetchError
     from pipeline.fetch import fetch_bbc
     from pipeline.train import train
+    from serving.ports import busy_port_message, port_is_free
 
+    # Check the ports before training, not after a minute of it.
+    for port, what in ((args.port, "the gRPC"), (args.rest_api_port, "the REST")):
+        if not port_is_free(port):
+            return fail(busy_port_message(port, what) + " (demo: --port / --rest_api_port)")
     run_dir = Path(args.out)
     export_dir = run_dir / "export"
     try:
@@ -95,7 +100,7 @@ def _run_demo(args) -> int:
             f"macro-F1 {test['macro_f1']:.4f}"
         )
 
-    from serving.client import TextClassifierClient
+    from pipeline.client import TextClassifierClient
 
     server = _start_server(args, export_dir)
     try:

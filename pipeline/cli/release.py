@@ -5,9 +5,14 @@
     textserve models label models/bbc_news --model-config serving/configs/models.config --label canary --version 2
     textserve models rollback models/bbc_news --to 1
 
-The push's config is the run's own `config.toml` (so the data is re-read the
-way it was trained) with `--set release.*` overrides, built here once and
-passed down. The work is in pipeline/release.py and pipeline/infra_validation.py.
+The push's config is built here once and passed down, resolved as
+
+    RUN/config.toml  <  --config FILE ([release] only)  <  --set release.KEY=VALUE  <  flags
+
+so the data is re-read the way it was trained and only the `[release]` section
+changes; the flags (`--skip-infra-validation`, `--model-server`,
+`--infra-timeout`, `--infra-sample`, `--lock-timeout`) are shorthands for
+`release.*` keys. The work is in pipeline/release/.
 
 Exit codes: 0 done; 1 refused (gate, infra validation, another push holding
 the lock); 2 unusable input (no export, corrupt model, unwritable path, bad flag).
@@ -18,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from pathlib import Path
 
+import tomli_w
+
 from pipeline.cli.common import fail
-from pipeline.config import load_config
-from pipeline.errors import GateRefused, InfraValidationError, ReleaseError
+from pipeline.config import PipelineConfig, load_config, valid_keys
+from pipeline.errors import GateRefused, InfraValidationError, ReleaseError, UsageError
 
 _PUSH_DESCRIPTION = """\
 Publish RUN_DIR/export/<highest version> as a new version under PATH, the model base path
@@ -66,12 +74,18 @@ def register(subparsers) -> None:
         help="TF Serving's model base path (holds 1/, 2/, ...); created if missing",
     )
     push.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with a [release] table, applied over RUN_DIR/config.toml",
+    )
+    push.add_argument(
         "--set",
         metavar="release.KEY=VALUE",
         action="append",
         default=[],
         dest="overrides",
-        help="override a release threshold, e.g. --set release.min_accuracy=0.95 (repeatable)",
+        help="override a release setting, e.g. --set release.min_accuracy=0.95 (repeatable); "
+        f"keys: {', '.join(k for k in valid_keys() if k.startswith('release.'))}",
     )
     push.add_argument(
         "--data",
@@ -84,34 +98,31 @@ def register(subparsers) -> None:
     push.add_argument(
         "--skip-infra-validation",
         action="store_true",
-        help="do not serve the candidate before publishing (needs --reason)",
+        help="do not serve the candidate before publishing (release.infra_validation=false; needs --reason)",
     )
     push.add_argument(
         "--model-server",
-        metavar="BINARY",
-        help="serving binary for infra validation (default: tensorflow_model_server if on "
-        "PATH, else python -m serving)",
+        metavar="COMMAND",
+        help="serving command for infra validation (release.model_server; default: "
+        "tensorflow_model_server if on PATH, else python -m serving)",
     )
     push.add_argument(
         "--infra-timeout",
         type=float,
-        default=300.0,
         metavar="SECONDS",
-        help="time the server may take to load the candidate (default: 300)",
+        help="time the server may take to load the candidate (release.infra_timeout_s; default 300)",
     )
     push.add_argument(
         "--infra-sample",
         type=int,
-        default=32,
         metavar="N",
-        help="test documents sent to the server over gRPC and REST (default: 32)",
+        help="test documents sent to the server over gRPC and REST (release.infra_sample; default 32)",
     )
     push.add_argument(
         "--lock-timeout",
         type=float,
-        default=120.0,
         metavar="SECONDS",
-        help="time to wait for a concurrent push to PATH (default: 120)",
+        help="time to wait for a concurrent push to PATH (release.lock_timeout_s; default 120)",
     )
     push.set_defaults(run=_run_push)
 
@@ -177,40 +188,83 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def _run_push(args) -> int:
-    from pipeline.infra_validation import find_model_server
-    from pipeline.release import PushOptions, push
+def _toml_literal(value) -> str:
+    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
+
+def _release_overrides(args) -> list[str]:
+    """`--config FILE`, `--set` and the push flags as `release.KEY=VALUE` overrides, in that order.
+
+    Raises:
+      UsageError: a setting outside [release], or an unreadable file.
+    """
+    overrides = []
+    if args.config:
+        try:
+            document = tomllib.loads(Path(args.config).read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise UsageError(f"cannot read config file {args.config}: {error}") from error
+        other = sorted(set(document) - {"release"})
+        if other:
+            raise UsageError(
+                f"{args.config}: push reads only the [release] table (the rest stays as the run was "
+                f"trained); found {other}."
+            )
+        release = document.get("release", {})
+        if not isinstance(release, dict):
+            raise UsageError(f"{args.config}: `release` must be a [release] table.")
+        overrides += [f"release.{key}={_toml_literal(value)}" for key, value in release.items()]
     not_release = [item for item in args.overrides if not item.strip().startswith("release.")]
     if not_release:
-        return fail(
-            f"push only overrides release.* settings (the rest must stay as the run was "
-            f"trained); received {not_release}."
+        raise UsageError(
+            f"push only overrides release.* settings (the rest must stay as the run was trained); "
+            f"received {not_release}."
         )
+    overrides += args.overrides
+    flags = {
+        "infra_validation": False if args.skip_infra_validation else None,
+        "model_server": args.model_server,
+        "infra_timeout_s": args.infra_timeout,
+        "infra_sample": args.infra_sample,
+        "lock_timeout_s": args.lock_timeout,
+    }
+    overrides += [
+        f"release.{key}={_toml_literal(value)}" for key, value in flags.items() if value is not None
+    ]
+    return overrides
+
+
+def push_config(args) -> PipelineConfig:
+    """The push's config: the run's config.toml with the release overrides (see the module docstring).
+
+    Raises:
+      UsageError: no config.toml in the run, or a bad override.
+    """
     config_file = Path(args.run_dir) / "config.toml"
     if not config_file.is_file():
-        return fail(
+        raise UsageError(
             f"{config_file} is missing: is {args.run_dir} a run directory written by textserve train?"
         )
     try:
-        config = load_config(config_file, args.overrides)
+        return load_config(config_file, _release_overrides(args))
     except ValueError as error:
-        return fail(str(error))
-    if args.skip_infra_validation:
-        server = None
-    else:
-        server = (args.model_server,) if args.model_server else find_model_server()
-    options = PushOptions(
-        force=args.force,
-        reason=args.reason,
-        data_path=args.data,
-        infra_validation=server,
-        infra_timeout_s=args.infra_timeout,
-        infra_sample=args.infra_sample,
-        lock_timeout_s=args.lock_timeout,
-    )
+        raise UsageError(str(error)) from error
+
+
+def _run_push(args) -> int:
+    from pipeline.release import push
+
+    config = push_config(args)
     try:
-        push(args.run_dir, args.model_base_path, config, options, log=_log)
+        push(
+            args.run_dir,
+            args.model_base_path,
+            config,
+            force=args.force,
+            reason=args.reason,
+            data_path=args.data,
+            log=_log,
+        )
     except GateRefused as error:
         return fail(str(error), code=error.exit_code)
     except InfraValidationError as error:

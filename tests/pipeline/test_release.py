@@ -33,11 +33,10 @@ from tensorflow_serving.config import model_server_config_pb2
 from pipeline import release
 from pipeline.config import PipelineConfig, load_config
 from pipeline.errors import InfraValidationError, ReleaseError
-from pipeline.infra_validation import find_model_server
-from pipeline.release import PushOptions
+from preprocessing import names
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES
 
-SKIP_INFRA = PushOptions(infra_validation=None, reason="unit test: infra validation has its own tests")
+REASON = "unit test: infra validation has its own tests"
 
 
 def _quiet(*_):
@@ -52,13 +51,17 @@ def good_run(tiny_corpus, tmp_path_factory):
     return train(config, tiny_corpus, tmp_path_factory.mktemp("good") / "run", verbose=0, log=_quiet)
 
 
-def _config(run) -> PipelineConfig:
-    return load_config(run.run_dir / "config.toml")
+def _config(run, *settings) -> PipelineConfig:
+    return load_config(run.run_dir / "config.toml", ["release.infra_validation=false", *settings])
 
 
-def _push(run, base, options=SKIP_INFRA, **overrides):
-    config = load_config(run.run_dir / "config.toml", [f"release.{k}={v}" for k, v in overrides.items()])
-    return release.push(run.run_dir, base, config, options, log=_quiet)
+def _push(run, base, *settings, force=False, reason=REASON, infra=False, **overrides):
+    """Pushes with the run's config plus `release.*` settings; infra validation off unless `infra`."""
+    items = [*settings, *(f"release.{k}={v}" for k, v in overrides.items())]
+    config = load_config(
+        run.run_dir / "config.toml", items if infra else ["release.infra_validation=false", *items]
+    )
+    return release.push(run.run_dir, base, config, force=force, reason=reason, log=_quiet)
 
 
 def _log_lines(base: Path) -> list[dict]:
@@ -96,7 +99,7 @@ def test_two_pushes_give_versions_1_and_2_with_lineage(good_run, tmp_path):
     source_files = sorted(str(p.relative_to(good_run.version_dir)) for p in good_run.version_dir.rglob("*"))
     for version in ("1", "2"):
         published = sorted(str(p.relative_to(base / version)) for p in (base / version).rglob("*"))
-        extra = f"{release.names.ASSETS_EXTRA}/{release.RECORD_FILE}"
+        extra = f"{names.ASSETS_EXTRA}/{release.RECORD_FILE}"
         assert published == sorted([*source_files, extra])
         assert (base / version / "saved_model.pb").read_bytes() == (
             good_run.version_dir / "saved_model.pb"
@@ -108,7 +111,11 @@ def test_two_pushes_give_versions_1_and_2_with_lineage(good_run, tmp_path):
     for record in records:
         assert record["run_dir"] == str(good_run.run_dir.resolve())
         assert record["data"]["fingerprint"] == card["data"]["fingerprint"]
-        assert record["config_hash"] == card["config_hash"] == _config(good_run).fingerprint()
+        assert (
+            record["config_hash"]
+            == card["config_hash"]
+            == load_config(good_run.run_dir / "config.toml").fingerprint()
+        )
         assert record["git_commit"] == card["git_commit"]
         assert record["tensorflow_version"] == tf.__version__
         assert record["metrics"]["candidate"]["accuracy"] == 1.0
@@ -174,7 +181,7 @@ def test_gate_refuses_worse_candidate_then_force_pushes_with_reason(good_run, ti
 
 def test_force_needs_a_reason(good_run, tmp_path):
     with pytest.raises(ReleaseError, match="--reason"):
-        _push(good_run, tmp_path / "m", PushOptions(force=True, infra_validation=None))
+        _push(good_run, tmp_path / "m", force=True, reason=None)
     assert not (tmp_path / "m").exists()
 
 
@@ -193,7 +200,7 @@ def test_run_without_export_is_refused(good_run, tmp_path):
     run.mkdir()
     shutil.copy(good_run.run_dir / "config.toml", run / "config.toml")
     with pytest.raises(ReleaseError, match="has no export") as error:
-        release.push(run, tmp_path / "m", _config(good_run), SKIP_INFRA, log=_quiet)
+        release.push(run, tmp_path / "m", _config(good_run), reason=REASON, log=_quiet)
     assert error.value.exit_code == 2 and not (tmp_path / "m").exists()
 
     cli = _textserve(
@@ -214,12 +221,12 @@ def test_corrupted_saved_model_is_refused(good_run, tmp_path):
     pb = run / "export" / "1" / "saved_model.pb"
     pb.write_bytes(pb.read_bytes()[: len(pb.read_bytes()) // 3])  # a truncated upload
     with pytest.raises(ReleaseError, match="not a readable SavedModel"):
-        release.push(run, tmp_path / "m", _config(good_run), SKIP_INFRA, log=_quiet)
+        release.push(run, tmp_path / "m", _config(good_run), reason=REASON, log=_quiet)
 
     pb.write_bytes((good_run.version_dir / "saved_model.pb").read_bytes())
     shutil.rmtree(run / "export" / "1" / "variables")  # the graph parses but cannot restore
     with pytest.raises(ReleaseError, match="does not load as a SavedModel"):
-        release.push(run, tmp_path / "m", _config(good_run), SKIP_INFRA, log=_quiet)
+        release.push(run, tmp_path / "m", _config(good_run), reason=REASON, log=_quiet)
     assert _numeric_dirs(tmp_path / "m") == []
 
 
@@ -408,7 +415,7 @@ def test_stale_lock_on_object_store_removes_the_partial_version(good_run):
 def test_rollback_republishes_as_new_version(good_run, tiny_run, tmp_path):
     base = tmp_path / "models"
     _push(good_run, base)
-    _push(tiny_run, base, PushOptions(force=True, reason="test", infra_validation=None))
+    _push(tiny_run, base, force=True, reason="test")
 
     cli = _textserve("models", "rollback", str(base), "--to", "1", "--reason", "v2 misroutes sport")
     assert cli.returncode == 0, cli.stderr[-2000:]
@@ -469,9 +476,8 @@ def test_label_writes_version_labels_and_widens_the_policy(good_run, tmp_path):
 
 def test_infra_validation_failure_stops_the_push(good_run, tmp_path):
     base = tmp_path / "models"
-    options = PushOptions(infra_validation=("/bin/false",), infra_timeout_s=30)
     with pytest.raises(InfraValidationError, match="exited with code 1 before the model loaded"):
-        _push(good_run, base, options)
+        _push(good_run, base, 'release.model_server="/bin/false"', "release.infra_timeout_s=30", infra=True)
     assert _numeric_dirs(base) == [] and not _log_lines(base)
     assert not list(base.glob(f"{release.STAGING_PREFIX}*"))
 
@@ -482,8 +488,7 @@ def test_infra_validation_and_hot_swap_on_our_server(good_run, tiny_corpus, tmp_
     from tests.serving.conftest import running_server
 
     base = tmp_path / "models"
-    options = PushOptions(infra_validation=find_model_server(), infra_timeout_s=90)
-    first = _push(good_run, base, options)
+    first = _push(good_run, base, "release.infra_timeout_s=90", infra=True)
     assert first.version == 1 and first.record["infra_validation"]["documents"] == 8
     assert first.record["infra_validation"]["warmup_requests"] == 5
 
@@ -516,7 +521,7 @@ def test_infra_validation_and_hot_swap_on_our_server(good_run, tiny_corpus, tmp_
         thread = threading.Thread(target=hammer)
         thread.start()
         try:
-            assert _push(second_run, base, options).version == 2
+            assert _push(second_run, base, "release.infra_timeout_s=90", infra=True).version == 2
             deadline = time.monotonic() + 60
             while (not versions_seen or versions_seen[-1] != 2) and time.monotonic() < deadline:
                 time.sleep(0.1)

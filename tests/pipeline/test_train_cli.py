@@ -6,7 +6,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES
+
+# Every test here runs `textserve` as a process (TensorFlow start-up each time).
+pytestmark = pytest.mark.e2e
 
 
 def _textserve(*args, input_text=None, timeout=300):

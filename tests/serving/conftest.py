@@ -22,27 +22,22 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from serving.process import DEFAULT_START_TIMEOUT_S, ServerProcess, free_port, server_env
+from serving.server import READY_MESSAGE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# The line `serving.server` writes to stderr once every port answers (kept in
-# sync with serving/server.py READY_MESSAGE; test_server_process checks it).
-READY_MESSAGE = "textserve model server is ready"
-
-# Loading the half_plus_two models takes ~2 s; a loaded 2-core CI box is slower.
-DEFAULT_START_TIMEOUT_S = 120.0
+__all__ = ["READY_MESSAGE", "ServerProcess", "free_port", "server_env"]
 
 
 def tfs_testdata_dir() -> Path | None:
@@ -94,87 +89,10 @@ def wait_for(condition, timeout_s: float = 30.0) -> bool:
     return False
 
 
-def free_port() -> int:
-    """Returns a TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def unused_port() -> int:
     """A free TCP port (function scope)."""
     return free_port()
-
-
-def server_env() -> dict[str, str]:
-    """Environment for a server subprocess: quiet TF logs, unbuffered stderr."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@dataclass
-class ServerProcess:
-    """A running `python -m serving` process and where it listens.
-
-    Attributes:
-      proc: the subprocess.
-      grpc_port: TCP gRPC port (0 when started with --port=0).
-      rest_port: HTTP port (0 when REST is off).
-    """
-
-    proc: subprocess.Popen
-    grpc_port: int
-    rest_port: int
-    _lines: list[str] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    def stderr_text(self) -> str:
-        """Everything the server wrote to stderr (and stdout) so far."""
-        with self._lock:
-            return "".join(self._lines)
-
-    def wait_for_output(self, text: str, timeout_s: float = 30.0) -> bool:
-        """Waits until `text` appears in the server's output; False on timeout or exit."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if text in self.stderr_text():
-                return True
-            if self.proc.poll() is not None:
-                time.sleep(0.2)  # let the reader thread drain the pipe
-                return text in self.stderr_text()
-            time.sleep(0.05)
-        return False
-
-    def terminate(self, timeout_s: float = 30.0) -> int:
-        """Sends SIGTERM and returns the exit code (kills after `timeout_s`)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            with self._lock:
-                self._lines.append(line)
-
-
-def _flag_given(args: Sequence[str], name: str) -> bool:
-    return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
 
 def start_server(
@@ -183,47 +101,13 @@ def start_server(
     rest: bool = True,
     timeout_s: float = DEFAULT_START_TIMEOUT_S,
 ) -> ServerProcess:
-    """Starts `python -m serving ARGS` and waits until it prints READY_MESSAGE.
+    """Starts `python -m serving ARGS` from the repository root and waits for READY_MESSAGE.
 
     `--port` and (when `rest`) `--rest_api_port` are added with free ports unless
-    `args` sets them. Stops the process and raises if it exits or is not ready
-    in time, with its output in the message. Prefer `running_server`.
+    `args` sets them. Raises `RuntimeError` (a `ServerError`) with the server's
+    output if it exits or is not ready in time. Prefer `running_server`.
     """
-    args = list(args)
-    grpc_port = rest_port = 0
-    if not _flag_given(args, "port"):
-        grpc_port = free_port()
-        args.append(f"--port={grpc_port}")
-    else:
-        value = next(a for a in args if a.startswith("--port="))
-        grpc_port = int(value.split("=", 1)[1])
-    if _flag_given(args, "rest_api_port"):
-        value = next(a for a in args if a.startswith("--rest_api_port="))
-        rest_port = int(value.split("=", 1)[1])
-    elif rest:
-        rest_port = free_port()
-        args.append(f"--rest_api_port={rest_port}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", *args],
-        cwd=REPO_ROOT,
-        env=server_env(),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    )
-    server = ServerProcess(proc=proc, grpc_port=grpc_port, rest_port=rest_port)
-    threading.Thread(target=server._read, daemon=True).start()
-    if not server.wait_for_output(READY_MESSAGE, timeout_s):
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        raise RuntimeError(
-            f"server {args} did not become ready (exit code {proc.returncode}):\n"
-            + server.stderr_text()[-5000:]
-        )
-    return server
+    return ServerProcess.start(args, rest=rest, cwd=REPO_ROOT, timeout_s=timeout_s)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.client import ClientError, TensorSpec, TextClassifierClient, VersionStatus
+from pipeline.client import ClientError, TensorSpec, TextClassifierClient, VersionStatus
 from tests.serving.conftest import REPO_ROOT, free_port, running_server
 
 CLIENTS_DIR = REPO_ROOT / "serving" / "clients"
@@ -421,3 +421,45 @@ def test_bbc_export_answers_label_names_to_the_node_grpc_example(bbc_server, nod
 
     assert node.returncode == 0, node.stderr
     assert [p["label"] for p in json.loads(node.stdout)["predictions"]] == list(BBC_TEXTS)
+
+
+# --- generic ServingClient on TF Serving's own test model --------------------------
+
+
+@pytest.fixture(scope="module")
+def half_plus_two(tfs_testdata, tmp_path_factory):
+    from tests.serving.conftest import copy_model
+
+    base = copy_model(tfs_testdata, "saved_model_half_plus_two_cpu", tmp_path_factory.mktemp("hp2") / "m")
+    with running_server(["--model_name=half_plus_two", f"--model_base_path={base}"]) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_serving_client_predicts_regresses_and_classifies_any_model(half_plus_two, transport):
+    from serving.client import ServingClient
+
+    with ServingClient(_target(half_plus_two, transport), "half_plus_two", transport=transport) as c:
+        outputs = c.predict({"x": np.array([1.0, 2.0, 5.0], np.float32)})
+        regressed = c.regress([{"x": 1.0}, {"x": 4.0}], signature_name="regress_x_to_y")
+        classified = c.classify([{"x": 2.0}], signature_name="classify_x_to_y")
+        with pytest.raises(ClientError) as error:
+            c.predict({"x": np.array([1.0], np.float32)}, signature_name="no_such_signature")
+
+    # The single output comes back under its alias, with the signature's dtype, on both transports.
+    assert list(outputs) == ["y"] and outputs["y"].dtype == np.float32
+    np.testing.assert_allclose(outputs["y"], [2.5, 3.0, 4.5])
+    assert regressed == pytest.approx([2.5, 4.0])
+    assert classified == [[("", pytest.approx(3.0))]]
+    assert error.value.code in ("FAILED_PRECONDITION", "INVALID_ARGUMENT")
+    assert "no_such_signature" in error.value.message
+
+
+def test_serving_client_checks_its_inputs():
+    from serving.client import ServingClient
+
+    client = ServingClient("http://127.0.0.1:1", "m", transport="rest", retries=0)
+    with pytest.raises(ValueError, match=r"'x'.*str or bytes"):
+        client.predict({"x": np.array([b"a", 1], dtype=object)})
+    with pytest.raises(ValueError, match="feature 'f'"):
+        client.classify([{"f": [1, "a"]}])

@@ -363,6 +363,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tfs_testdata, tmp_path
         f"--model_base_path={base}",
         "--enable_batching",
         f"--batching_parameters_file={batching}",
+        "--batching_idle_fast_path=false",  # so the lone request really waits for its batch
     ]
     srv = conftest.start_server(args, rest=False)
     try:

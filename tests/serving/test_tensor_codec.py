@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -147,3 +149,102 @@ def test_str_elements_are_encoded_as_utf8():
 def test_dtype_names_match_tensorflow_messages():
     assert tensor_codec.dtype_name(types_pb2.DT_FLOAT) == "float"
     assert tensor_codec.dtype_name(types_pb2.DT_STRING) == "string"
+
+
+# ---- TensorFlow's C++ Tensor::FromProto as the oracle ---------------------------------------
+# tf.io.parse_tensor runs the C++ FromProto on a serialized TensorProto: our decode
+# must give the same array, or fail where it fails.
+
+ORACLE_CASES = {
+    "repeat-last": _proto(types_pb2.DT_FLOAT, [2, 3], float_val=[1.0, 2.0]),
+    "extra-ignored": _proto(types_pb2.DT_INT64, [2], int64_val=[5, 6, 7]),
+    "zeros": _proto(types_pb2.DT_DOUBLE, [2, 2]),
+    "uint8-wraps": _proto(types_pb2.DT_UINT8, [3], int_val=[300, -1, 7]),
+    "int8-wraps": _proto(types_pb2.DT_INT8, [2], int_val=[200, -129]),
+    "int16-wraps": _proto(types_pb2.DT_INT16, [1], int_val=[70000]),
+    "uint16-wraps": _proto(types_pb2.DT_UINT16, [2], int_val=[-1, 65536]),
+    "complex-odd-entries": _proto(types_pb2.DT_COMPLEX64, [2], scomplex_val=[1.0, 2.0, 3.0]),
+    "half-repeat": _proto(types_pb2.DT_HALF, [3], half_val=[0x3C00]),
+    "bool-extra": _proto(types_pb2.DT_BOOL, [1], bool_val=[True, False]),
+    "string-repeat": _proto(types_pb2.DT_STRING, [3], string_val=[b"a", b"b"]),
+    "string-content": _proto(types_pb2.DT_STRING, [2], tensor_content=b"\x01\x02abc"),
+    "string-content-short": _proto(types_pb2.DT_STRING, [2], tensor_content=b"\x01\x05abc"),
+    "zero-elements-garbage-content": _proto(types_pb2.DT_FLOAT, [0, 3], tensor_content=b"xyz"),
+    "zero-elements-extra-values": _proto(types_pb2.DT_INT32, [0], int_val=[1, 2]),
+    "content-too-short": _proto(types_pb2.DT_FLOAT, [3], tensor_content=b"\x00" * 8),
+    "overflow-before-zero": _proto(types_pb2.DT_FLOAT, [2**62, 4, 0]),
+    "overflow": _proto(types_pb2.DT_FLOAT, [2**31, 2**31, 2**31], float_val=[1.0]),
+    "too-many-dims": _proto(types_pb2.DT_FLOAT, [1] * 300, float_val=[1.0]),
+}
+
+
+def _tf_from_proto(proto: tensor_pb2.TensorProto):
+    dtype = tf.dtypes.as_dtype(proto.dtype)
+    try:
+        return tf.io.parse_tensor(proto.SerializeToString(), dtype).numpy()
+    except tf.errors.InvalidArgumentError:
+        return None
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_CASES))
+def test_decode_matches_tensorflows_cpp_from_proto(name):
+    proto = ORACLE_CASES[name]
+    expected = _tf_from_proto(proto)
+    if expected is None:
+        with pytest.raises(tensor_codec.TensorDecodeError):
+            tensor_codec.to_numpy(proto)
+        return
+    decoded = tensor_codec.to_numpy(proto)
+    assert decoded.shape == expected.shape
+    np.testing.assert_array_equal(decoded, expected)
+
+
+# ---- validate before allocating ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "proto",
+    [
+        _proto(types_pb2.DT_FLOAT, [2**40], float_val=[1.0]),
+        _proto(types_pb2.DT_FLOAT, [1 << 20, 1 << 20]),  # no values: would be zeros
+        _proto(types_pb2.DT_STRING, [10**9], string_val=[b"x"]),
+        _proto(types_pb2.DT_COMPLEX128, [1 << 30], dcomplex_val=[1.0, 2.0]),
+    ],
+    ids=["float-one-value", "zeros", "string-one-value", "complex"],
+)
+def test_tiny_message_declaring_a_huge_shape_is_refused_before_allocating(proto):
+    assert proto.ByteSize() < 64
+    started = time.perf_counter()
+    with pytest.raises(tensor_codec.TensorTooLargeError) as raised:
+        tensor_codec.to_numpy(proto)
+    # Refused from the shape alone: no expansion ran (one would take seconds or OOM).
+    assert time.perf_counter() - started < 0.5
+    assert not raised.value.from_request_budget
+    assert raised.value.needed_bytes > raised.value.limit_bytes
+    assert "more than the limit for a" in str(raised.value)
+
+
+def test_request_budget_is_checked_before_decoding():
+    proto = _proto(types_pb2.DT_FLOAT, [1000], float_val=[1.0])
+    assert tensor_codec.to_numpy(proto, max_bytes=4000).shape == (1000,)
+    with pytest.raises(tensor_codec.TensorTooLargeError) as raised:
+        tensor_codec.to_numpy(proto, max_bytes=3999)
+    assert raised.value.from_request_budget
+    assert (raised.value.needed_bytes, raised.value.limit_bytes) == (4000, 3999)
+    assert "per-request limit" in str(raised.value)
+    # Repeated strings count their bytes each time (TensorFlow copies them).
+    strings = _proto(types_pb2.DT_STRING, [10], string_val=[b"x" * 100])
+    with pytest.raises(tensor_codec.TensorTooLargeError):
+        tensor_codec.to_numpy(strings, max_bytes=1000)
+    assert tensor_codec.to_numpy(strings, max_bytes=2000).tolist() == [b"x" * 100] * 10
+
+
+def test_default_limit_lets_honest_tensors_through():
+    # Sent in full (typed or raw), any size decodes: the limit grows with the message.
+    big = np.arange(2_000_000, dtype=np.int64)
+    for as_content in (False, True):
+        np.testing.assert_array_equal(
+            tensor_codec.to_numpy(tensor_codec.from_numpy(big, as_tensor_content=as_content)), big
+        )
+    # A small tensor of zeros (no values sent) is within the floor.
+    assert tensor_codec.to_numpy(_proto(types_pb2.DT_FLOAT, [1000, 1000])).sum() == 0
