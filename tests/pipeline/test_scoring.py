@@ -227,9 +227,10 @@ def _broken_jsonl(path: Path, lines: int = 20_000) -> dict[int, str]:
     return reasons
 
 
-def test_20000_lines_with_1_percent_broken(tmp_path, tiny_run):
+def test_50000_lines_with_1_percent_broken(tmp_path, tiny_run):
+    """Issue 9's acceptance: scored + errored = read, every error row with its line and reason."""
     source = tmp_path / "feed.jsonl"
-    reasons = _broken_jsonl(source)
+    reasons = _broken_jsonl(source, lines=50_000)
     out = tmp_path / "scored.jsonl"
     assert (
         _score(
@@ -251,17 +252,17 @@ def test_20000_lines_with_1_percent_broken(tmp_path, tiny_run):
     )
     rows = [r for k in range(3) for r in _read_jsonl(tmp_path / f"scored-{k:05d}-of-00003.jsonl")]
     errors = _read_jsonl(tmp_path / "scored.errors.jsonl")
-    assert len(rows) + len(errors) == 20_000
-    assert len(errors) == 200
+    assert len(rows) + len(errors) == 50_000
+    assert len(errors) == 500
     assert {e["line"]: e for e in errors}.keys() == reasons.keys()
     for error in errors:
         assert reasons[error["line"]] in error["reason"], error
         assert error["source"] == str(source) and error["id"] == f"feed.jsonl:{error['line']}"
     # Stable order: rows are in input order, skipping exactly the broken lines.
-    assert [r["id"] for r in rows] == [f"feed.jsonl:{n}" for n in range(1, 20_001) if n not in reasons]
+    assert [r["id"] for r in rows] == [f"feed.jsonl:{n}" for n in range(1, 50_001) if n not in reasons]
     summary = json.loads((tmp_path / "scored.summary.json").read_text())
-    assert (summary["read"], summary["scored"], summary["errored"]) == (20_000, 19_800, 200)
-    assert summary["metrics"]["count"] == 19_800
+    assert (summary["read"], summary["scored"], summary["errored"]) == (50_000, 49_500, 500)
+    assert summary["metrics"]["count"] == 49_500
 
 
 def test_output_formats_agree(tmp_path, tiny_run):
