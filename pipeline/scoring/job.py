@@ -47,7 +47,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import DataError, RunStopped, ScoringError
 from pipeline.readers import InputFile, InputInfo, inspect_input, resolve_inputs
 from pipeline.scoring.inputs import ScoreBatch, score_batches
-from pipeline.scoring.predictors import LocalPredictor, RemotePredictor
+from pipeline.scoring.predictors import LocalPredictor, Predictor, RemotePredictor
 from pipeline.scoring.shards import OutputPaths, ShardedOutput, job_fingerprint, prepare_outputs
 from pipeline.scoring.summary import Progress, finish
 from preprocessing import names
@@ -153,12 +153,19 @@ def make_predictor(job: ScoreJob) -> LocalPredictor | RemotePredictor:
     return LocalPredictor(job.model)
 
 
-def run_scoring(job: ScoreJob, log: Callable[[str], None] = print) -> dict:
+def run_scoring(
+    job: ScoreJob,
+    log: Callable[[str], None] = print,
+    *,
+    predictor: Predictor | None = None,
+) -> dict:
     """Runs a whole scoring job (see the module docstring) and returns its summary.
 
     Args:
       job: the job.
       log: where the start and summary lines go.
+      predictor: predict with this instead of what the job names (the
+        benchmark measures the reader and writer alone with a no-op model).
 
     Returns:
       The summary dict also written to `<base>.summary.json`.
@@ -178,7 +185,7 @@ def run_scoring(job: ScoreJob, log: Callable[[str], None] = print) -> dict:
     sources, infos = inspect_inputs(job)
     counts = [info.count for info in infos]
     total = sum(counts)
-    predictor = make_predictor(job)
+    predictor = predictor or make_predictor(job)
     score = job.config.score
     try:
         fingerprint = job_fingerprint(sources, total, predictor.description, job.resume_options())
@@ -253,7 +260,7 @@ def _columns_line(infos: list[InputInfo]) -> str:
 
 def run_stages(
     batches: Callable[[], Iterator[ScoreBatch]],
-    predictor: LocalPredictor | RemotePredictor,
+    predictor: Predictor,
     output: ShardedOutput,
     on_written: Callable[[int], None],
 ) -> None:
@@ -325,7 +332,7 @@ def _stopped(error: BaseException) -> BaseException:
 
 
 def predictions(
-    predictor: LocalPredictor | RemotePredictor, batches: Iterator[ScoreBatch]
+    predictor: Predictor, batches: Iterator[ScoreBatch]
 ) -> Generator[tuple[ScoreBatch, dict[str, np.ndarray] | None], None, None]:
     """(batch, outputs) in input order, with up to `predictor.concurrency` batches predicting at once."""
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,22 @@ from pipeline.errors import RunStopped, ScoringError
 from preprocessing import names
 
 _OUTPUTS = (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
+
+
+class Predictor(Protocol):
+    """What the job needs of a predictor (the two below, or a stand-in such as the benchmark's no-op)."""
+
+    concurrency: int  # batches worth having in flight at once
+    description: str  # how the start line names the model
+    label_names: list[str]  # class names in probability order ([] when unknown)
+
+    def predict(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """`serving_default`'s outputs (label, score, probabilities) for one batch of texts."""
+        ...
+
+    def close(self) -> None:
+        """Releases connections or the model."""
+        ...
 
 
 class LocalPredictor:
