@@ -291,11 +291,27 @@ def inspect_input(source: InputFile, config: DataConfig, *, labels_required: boo
             return InputInfo(parquet.num_rows, parquet.id, parquet.label)
     except _READ_ERRORS as error:
         raise DataError(f"{path}: cannot read the input ({error}); fix or remove the file.") from error
-    return InputInfo(_count_tfrecords(path), _optional(columns.id), _optional(columns.label))
+    features = _first_example_features(path)
+    return InputInfo(
+        _count_tfrecords(path),
+        str(columns.id) if str(columns.id) in features else None,
+        str(columns.label) if str(columns.label) in features else None,
+    )
 
 
-def _optional(column: str | int | None) -> str | None:
-    return None if column is None else str(column)
+def _first_example_features(path: Path) -> set[str]:
+    """The feature names of a TFRecord file's first `tf.Example` (ids and labels are looked for there)."""
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    compression = "GZIP" if path.suffix == ".gz" else ""
+    try:
+        for serialized in tf.data.TFRecordDataset(str(path), compression_type=compression).take(1):
+            return set(example_pb2.Example.FromString(serialized.numpy()).features.feature)
+    except (tf.errors.OpError, DecodeError):
+        pass  # the count below reports a corrupted file
+    return set()
 
 
 def _first_object_keys(line: bytes | None) -> set[str]:

@@ -41,7 +41,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.config import DataConfig
-from pipeline.errors import ScoringError
+from pipeline.errors import RunStopped, ScoringError
 from pipeline.readers import InputFile, read_blocks
 from pipeline.readers.blocks import rows_block
 from pipeline.scoring.inputs import apply_policy
@@ -275,7 +275,11 @@ def run_beam_scoring(job: ScoreJob, log=print) -> dict:
     if first_pending(done, score.num_shards) < score.num_shards:
         pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(score.beam_args)))
         build_pipeline(pipeline, job, sources, version_dir, prob_keys, paths, size, done)
-        pipeline.run().wait_until_finish()
+        try:
+            pipeline.run().wait_until_finish()
+        except Exception as error:  # the runner's own wrapping of a worker failure; its text says what failed
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RunStopped(f"the Beam pipeline failed: {first_line[:2000]}") from error
     scoring_seconds = time.monotonic() - scoring_started
     missing = [k for k in range(score.num_shards) if not paths.shard_state(k)[1].is_file()]
     if missing:
