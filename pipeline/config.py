@@ -13,6 +13,8 @@ The key names below are a public interface: other commands and users' scripts
 set them (`data.format`, `data.text_column`, `data.label_column`, `split.seed`,
 `preprocessing.max_tokens`, `preprocessing.sequence_length`,
 `preprocessing.stopwords`, `model.arch`, `train.epochs`, `train.batch_size`).
+`train`, `evaluate` and `score` read documents with the same `[data]` section;
+`score` takes its job settings from `[score]`.
 """
 
 from __future__ import annotations
