@@ -107,7 +107,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Stratified, seeded train/validation/test split (after deduplication)."""
+    """Train/validation/test split by a hash of each document's content, keyed by `seed`.
+
+    Stable: adding documents never moves existing ones (see pipeline/splits.py).
+    """
 
     seed: int = 42
     validation_fraction: float = 0.1
@@ -160,7 +163,10 @@ class ReleaseConfig:
 
     min_accuracy: float = 0.9
     min_macro_f1: float = 0.9
-    max_regression: float = 0.01
+    max_regression: float = 0.01  # refused if the candidate is worse by more, with `confidence`
+    min_eval_docs: int = 30  # fewest documents the gate accepts for each check
+    confidence: float = 0.95  # of the intervals the gate shows and applies max_regression to
+    bootstrap_resamples: int = 1000
     infra_validation: bool = True  # serve the candidate on loopback before publishing
     model_server: str = ""  # "" = tensorflow_model_server when on PATH, else python -m serving
     infra_timeout_s: float = 300.0  # time the server may take to load the candidate
@@ -170,6 +176,13 @@ class ReleaseConfig:
     def __post_init__(self):
         if self.max_regression < 0:
             raise ValueError(f"`release.max_regression` must be >= 0, received {self.max_regression!r}.")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"`release.confidence` must be in [0.5, 1), received {self.confidence!r}.")
+        if self.min_eval_docs < 1 or self.bootstrap_resamples < 100:
+            raise ValueError(
+                f"`release.min_eval_docs` must be >= 1 and `release.bootstrap_resamples` >= 100, received "
+                f"{self.min_eval_docs!r} and {self.bootstrap_resamples!r}."
+            )
         if self.infra_sample < 1:
             raise ValueError(f"`release.infra_sample` must be >= 1, received {self.infra_sample!r}.")
         for name in ("infra_timeout_s", "lock_timeout_s"):

@@ -1,4 +1,4 @@
-"""Labelled documents for training and evaluation: validated, deduplicated, split reproducibly.
+"""Labelled documents for training and evaluation: validated and deduplicated (splits: pipeline/splits.py).
 
 The formats themselves are read by `pipeline/readers.py`, the same readers
 batch scoring uses. `ingest` applies training's policy on top of them: a
@@ -19,16 +19,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.config import DataConfig, SplitConfig
+from pipeline.config import DataConfig
 from pipeline.errors import DataError
 from pipeline.readers import Record, read_folder, read_records
+from pipeline.splits import SPLITS
 
 # Re-exported: callers that read documents for other purposes (benchmarks) import them from here.
-__all__ = ["SPLITS", "DataConfig", "Dataset", "Record", "ingest", "read_folder", "read_records", "split_ids"]
-
-SPLITS = ("train", "validation", "test")
+__all__ = ["SPLITS", "DataConfig", "Dataset", "Record", "ingest", "read_folder", "read_records"]
 
 
 # --- Ingest for training ------------------------------------------------------------------
@@ -206,32 +203,6 @@ def _conflict_message(candidates: list[Record], groups: dict[str, list[Record]],
         f"fix the data, or pass --set data.on_label_conflict=drop (drop every copy) or "
         f"--set data.on_label_conflict=keep_first (keep the first label)."
     )
-
-
-# --- Splitting ------------------------------------------------------------------------------
-
-
-def split_ids(dataset: Dataset, config: SplitConfig) -> dict[str, list[str]]:
-    """Stratified, seeded train/validation/test split of document ids.
-
-    Each class is shuffled with the seed and cut by the configured fractions
-    (rounded, at least one document per split where the class has three or
-    more), so the same data and seed always give the same split.
-    """
-    rng = np.random.default_rng(config.seed)
-    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
-    for label in dataset.label_names:
-        ids = sorted(doc_id for doc_id, lab in zip(dataset.ids, dataset.labels) if lab == label)
-        ids = [ids[i] for i in rng.permutation(len(ids))]
-        n_test = round(len(ids) * config.test_fraction)
-        n_val = round(len(ids) * config.validation_fraction)
-        if len(ids) >= 3:
-            n_test, n_val = max(n_test, 1), max(n_val, 1)
-        splits["test"] += ids[:n_test]
-        splits["validation"] += ids[n_test : n_test + n_val]
-        splits["train"] += ids[n_test + n_val :]
-    order = {doc_id: i for i, doc_id in enumerate(dataset.ids)}
-    return {name: sorted(ids, key=order.__getitem__) for name, ids in splits.items()}
 
 
 def write_json(path: Path, payload: dict) -> None:

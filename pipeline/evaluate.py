@@ -7,11 +7,14 @@ served, not an in-memory object that could differ from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.splits import FingerprintSet
 from preprocessing import names
 
 if TYPE_CHECKING:  # only for annotations: importing TensorFlow here would slow every caller
@@ -67,10 +70,14 @@ def classification_metrics(
     }
 
 
+def predict_labels(model: ExportedModel, texts: Sequence[str]) -> list[str]:
+    """The class names an exported model's `serving_default` gives `texts`."""
+    return [label.decode("utf-8") for label in model.predict(list(texts))[names.PREDICTED_LABEL]]
+
+
 def evaluate_export(model: ExportedModel, data: Dataset) -> dict:
     """Metrics of an exported model on labelled documents, from its own `serving_default` labels."""
-    predicted = [label.decode("utf-8") for label in model.predict(data.texts)[names.PREDICTED_LABEL]]
-    return classification_metrics(data.labels, predicted, model.label_names)
+    return classification_metrics(data.labels, predict_labels(model, data.texts), model.label_names)
 
 
 def format_metrics(name: str, metrics: dict) -> str:
@@ -85,3 +92,180 @@ def format_metrics(name: str, metrics: dict) -> str:
             f"F1 {values['f1']:.3f}  n={values['support']}"
         )
     return "\n".join(lines)
+
+
+# --- Uncertainty --------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, count: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (well-behaved at 0 and 1, unlike the normal one).
+
+    Args:
+      successes: e.g. correctly classified documents.
+      count: all documents.
+      confidence: e.g. 0.95.
+
+    Returns:
+      `(low, high)`; `(0.0, 1.0)` when `count` is 0.
+    """
+    if count == 0:
+        return 0.0, 1.0
+    z = float(NormalDist().inv_cdf(0.5 + confidence / 2))
+    p = successes / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _resampled_scores(
+    weights: np.ndarray, truth: np.ndarray, predicted: np.ndarray, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro-F1 for each row of bootstrap weights (documents drawn n times each row)."""
+    true_hot = np.eye(classes, dtype=np.float64)[truth]
+    pred_hot = np.eye(classes, dtype=np.float64)[predicted]
+    n = weights.sum(axis=1)
+    accuracy = weights @ (truth == predicted).astype(np.float64) / n
+    tp = weights @ (true_hot * pred_hot)
+    support = weights @ true_hot + weights @ pred_hot
+    present = support > 0
+    f1 = np.divide(2 * tp, support, out=np.zeros_like(tp), where=present)
+    macro = f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    return accuracy, macro
+
+
+def paired_bootstrap(
+    true_labels: Sequence[str],
+    candidate_labels: Sequence[str],
+    baseline_labels: Sequence[str] | None,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Percentile bootstrap intervals of accuracy and macro-F1, paired between two models.
+
+    Both models are scored on the same resampled documents, so the interval of
+    their difference reflects only how they disagree, not how hard the sample is.
+    The seed is fixed: the same predictions always give the same intervals.
+
+    Args:
+      true_labels: the reference class of each document.
+      candidate_labels: the candidate's class of each document.
+      baseline_labels: the baseline's, or None for the candidate alone.
+      confidence: e.g. 0.95.
+      resamples: bootstrap resamples.
+      seed: the resampling seed.
+
+    Returns:
+      `{"candidate": {"accuracy": (lo, hi), "macro_f1": (lo, hi)}, "baseline": ...
+      or None, "difference": {"accuracy": (lo, hi), "macro_f1": (lo, hi)} or None}`;
+      differences are candidate − baseline.
+    """
+    labels = sorted(set(true_labels) | set(candidate_labels) | set(baseline_labels or []))
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.array([index[label] for label in true_labels], dtype=np.int64)
+    models = {"candidate": np.array([index[label] for label in candidate_labels], dtype=np.int64)}
+    if baseline_labels is not None:
+        models["baseline"] = np.array([index[label] for label in baseline_labels], dtype=np.int64)
+    count = len(truth)
+    if count == 0:
+        raise ValueError("the bootstrap needs at least one document.")
+    rng = np.random.default_rng(seed)
+    scores: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in models}
+    chunk = max(1, min(resamples, 4_000_000 // count))  # bound the weight matrix to ~32 MB
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        weights = rng.multinomial(count, np.full(count, 1.0 / count), size=rows).astype(np.float64)
+        for name, predicted in models.items():
+            scores[name].append(_resampled_scores(weights, truth, predicted, len(labels)))
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return float(low), float(high)
+
+    joined = {name: [np.concatenate([s[i] for s in parts]) for i in (0, 1)] for name, parts in scores.items()}
+    result: dict = {"baseline": None, "difference": None}
+    for name, (accuracy, macro) in joined.items():
+        result[name] = {"accuracy": interval(accuracy), "macro_f1": interval(macro)}
+    if "baseline" in joined:
+        result["difference"] = {
+            metric: interval(joined["candidate"][i] - joined["baseline"][i])
+            for i, metric in enumerate(("accuracy", "macro_f1"))
+        }
+    return result
+
+
+# --- Leakage: documents the model trained on ------------------------------------------------
+
+
+def leakage_report(
+    card: dict,
+    texts: Sequence[str],
+    true_labels: Sequence[str],
+    predicted_labels: Sequence[str],
+    label_names: Sequence[str],
+) -> dict:
+    """How many evaluated documents the model trained on, and the metrics on the others.
+
+    Used by `textserve evaluate` and by scoring with a label column: figures on
+    training documents flatter a model, so they are reported apart.
+
+    Args:
+      card: the model card of the exported model (`ExportedModel.card`).
+      texts: the evaluated documents.
+      true_labels: their reference classes.
+      predicted_labels: the model's classes for them.
+      label_names: the model's classes.
+
+    Returns:
+      `{"known": bool, "trained_on": int | None, "unseen": int | None,
+      "unseen_metrics": dict | None, "note": str}`; `known` is False when the
+      card records no training fingerprints (an older export).
+    """
+    try:
+        trained = FingerprintSet.from_card(card)
+    except ValueError as error:
+        return {
+            "known": False,
+            "trained_on": None,
+            "unseen": None,
+            "unseen_metrics": None,
+            "note": str(error),
+        }
+    if trained is None:
+        return {
+            "known": False,
+            "trained_on": None,
+            "unseen": None,
+            "unseen_metrics": None,
+            "note": "the model card records no training fingerprints (exported by an older textserve), "
+            "so these figures may include documents the model trained on",
+        }
+    seen = trained.contains(texts)
+    unseen = [i for i, was_seen in enumerate(seen) if not was_seen]
+    metrics = None
+    if unseen:
+        metrics = classification_metrics(
+            [true_labels[i] for i in unseen], [predicted_labels[i] for i in unseen], label_names
+        )
+    trained_on = int(seen.sum())
+    if trained_on:
+        note = (
+            f"warning: the model trained on {trained_on} of these {len(texts)} documents; "
+            f"the figures on all of them overstate it. On the {len(unseen)} it never saw: "
+            + (
+                f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+                if metrics
+                else "none left"
+            )
+        )
+    else:
+        note = f"none of these {len(texts)} documents is among the model's training documents"
+    return {
+        "known": True,
+        "trained_on": trained_on,
+        "unseen": len(unseen),
+        "unseen_metrics": metrics,
+        "note": note,
+    }

@@ -37,10 +37,11 @@ from model.export import (
 )
 from model.network import TextClassifier
 from pipeline.config import PipelineConfig
-from pipeline.data import Dataset, ingest, split_ids, write_json
+from pipeline.data import Dataset, ingest, write_json
 from pipeline.errors import VerificationError
 from pipeline.evaluate import evaluate_export
 from pipeline.plots import plot_confusion_matrix, plot_history
+from pipeline.splits import class_balance, describe_balance, split_ids, splits_record, training_fingerprints
 from preprocessing import names
 
 # Documents per preprocessing batch when building the cached feature datasets.
@@ -150,13 +151,14 @@ def train(
     )
 
     splits = split_ids(dataset, config.split)
-    write_json(run_dir / "splits.json", {"seed": config.split.seed, **splits})
+    write_json(run_dir / "splits.json", splits_record(dataset, splits, config.split))
     train_data, val_data, test_data = (
         dataset.subset(splits[name]) for name in ("train", "validation", "test")
     )
     log(
         f"[2/6] split {len(train_data.ids)} train / {len(val_data.ids)} validation / {len(test_data.ids)} test"
     )
+    log(describe_balance(class_balance(dataset, splits)))
 
     keras.utils.set_random_seed(config.train.seed)
     label_names = dataset.label_names
@@ -234,11 +236,12 @@ def train(
                     for split in ("validation", "test")
                 },
                 "data": {
-                    "source": str(data_path),
+                    "source": str(Path(data_path).resolve()),
                     "fingerprint": report["fingerprint"],
                     "documents": report["records_kept"],
                     "splits": {k: len(v) for k, v in splits.items()},
                 },
+                "training_fingerprints": training_fingerprints(train_data.texts),
                 "tensorflow_version": tf.__version__,
                 "python_version": platform.python_version(),
                 "git_commit": _git_commit(),

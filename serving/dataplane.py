@@ -16,7 +16,8 @@ runs the graph like TF's C++ session. Deadlines are absolute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -45,6 +46,7 @@ from serving.plan_runner import PlanRunner, RunPlan
 
 if TYPE_CHECKING:
     from serving.metrics import Metrics
+    from serving.request_log import RequestLog
 
 __all__ = ["DataPlane", "RunPlan", "make_model_spec", "serialized_examples"]
 
@@ -91,15 +93,52 @@ class DataPlane(PlanRunner):
         `enable_signature_method_name_check`, `enable_serialization_as_tensor_content`,
         `max_rows_per_session_run`, `grpc_max_threads` and `rest_api_num_threads`.
       metrics: where runtime latency, example counts and batching metrics go.
+      request_log: where sampled calls from the front ends are logged (None: off).
     """
 
-    def __init__(self, manager: Any, options: Any, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        manager: Any,
+        options: Any,
+        metrics: Metrics | None = None,
+        request_log: RequestLog | None = None,
+    ):
         self.manager = manager
         self.options = options
         self.metrics = metrics
+        self.request_log = request_log
         self.method_name_check = bool(getattr(options, "enable_signature_method_name_check", False))
         self.tensor_content_outputs = bool(getattr(options, "enable_serialization_as_tensor_content", False))
         PlanRunner.__init__(self, options, metrics)
+
+    def run_async(self, plan: RunPlan, deadline: float | None = None) -> Coroutine[Any, Any, Any]:
+        """`PlanRunner.run_async`, and a request log record when the call is sampled.
+
+        Both front ends run their calls here (warmup replays use `run`, so they
+        are never logged). An unsampled call gets `PlanRunner.run_async`'s own
+        coroutine, so logging costs nothing when it is off.
+        """
+        request_log = self.request_log
+        if request_log is None or not request_log.sampled():
+            return PlanRunner.run_async(self, plan, deadline)
+        return self._run_logged(plan, deadline, request_log)
+
+    async def _run_logged(self, plan: RunPlan, deadline: float | None, request_log: RequestLog) -> Any:
+        """Runs the plan, keeping the fetched arrays, and hands them to the log's writer thread."""
+        start = time.perf_counter()
+        fetched: list[list[np.ndarray]] = []
+        finish = plan.finish
+
+        def keep_outputs(outputs: list[np.ndarray]) -> Any:
+            fetched.append(outputs)
+            return finish(outputs)
+
+        plan.finish = keep_outputs
+        answer = await PlanRunner.run_async(self, plan, deadline)
+        request_log.submit(
+            plan.servable, plan.api, plan.feeds, plan.fetches, fetched[0], time.perf_counter() - start
+        )
+        return answer
 
     # ------------------------------------------------------------------ signatures
 

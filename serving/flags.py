@@ -187,6 +187,18 @@ class ServerOptions:
     rest_api_idle_timeout_s: int = flag(
         "int32", 75, "close a kept-alive REST connection idle this many seconds"
     )
+    rest_api_playground: bool = flag(
+        "bool", False, "serve a page to try the models at / on the REST port (off: / is a plain 404)"
+    )
+    request_log_sample_rate: float = flag(
+        "float", 0.0, "fraction of Predict/Classify/Regress calls written to --request_log_file (0: off)"
+    )
+    request_log_file: str = flag(
+        "string", "", "JSON Lines file the sampled request log is appended to (-: standard output)"
+    )
+    request_log_include_text: bool = flag(
+        "bool", False, "also log the inputs themselves (default: only their fingerprints and sizes)"
+    )
 
     # Model lifecycle and input validation:
 

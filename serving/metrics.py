@@ -135,6 +135,14 @@ LOAD_LATENCY = _Spec(
     "Latency in microseconds for SavedModels that were successfully loaded.",
 )
 
+# textserve's own (not in TF Serving): the request log's records (serving/request_log.py).
+REQUEST_LOG_RECORDS = _Spec(
+    "/textserve/request_log/records",
+    "counter",
+    ("outcome",),
+    "Sampled request log records: written, or dropped (queue full, encode or write error).",
+)
+
 ALL_SPECS = (
     REQUEST_COUNT,
     REQUEST_LATENCY,
@@ -147,6 +155,7 @@ ALL_SPECS = (
     WRAPPED_RUN_COUNT,
     LOAD_ATTEMPT_COUNT,
     LOAD_LATENCY,
+    REQUEST_LOG_RECORDS,
 )
 
 
@@ -231,6 +240,10 @@ class Metrics:
     def record_wrapped_run(self) -> None:
         """Counts one batched session run."""
         self._add(WRAPPED_RUN_COUNT, ())
+
+    def record_request_log(self, outcome: str, count: int = 1) -> None:
+        """Counts request log records by outcome (`written`, `dropped_queue_full`, ...)."""
+        self._add(REQUEST_LOG_RECORDS, (outcome,), count)
 
     # ------------------------------------------------------------------ reading
 

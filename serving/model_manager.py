@@ -96,6 +96,10 @@ class ModelManager:
         """AVAILABLE versions of a model, highest first."""
         return self.repository.available_versions(name)
 
+    def version_labels(self, name: str) -> dict[str, int]:
+        """A model's version labels (label → version), as configured."""
+        return self.repository.version_labels(name)
+
     def model_status(self, name: str, version: int | None = None):
         """GetModelStatus; see `ModelRepository.model_status`.
 

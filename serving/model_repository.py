@@ -281,6 +281,10 @@ class ModelRepository:
         """AVAILABLE versions of a model, highest first."""
         return sorted(self._routes.get(name, {}), reverse=True)
 
+    def version_labels(self, name: str) -> dict[str, int]:
+        """A model's version labels (label → version), as configured."""
+        return dict(self._labels.get(name, {}))
+
     def model_status(self, name: str, version: int | None = None):
         """GetModelStatus: the status of one version, or of every version known.
 
@@ -326,6 +330,15 @@ class ModelRepository:
         """Records a version's new state."""
         with self._write_lock:
             self._status = {**self._status, name: {**self._status.get(name, {}), version: record}}
+
+    def changed_failures(self, name: str, found: dict[int, str]) -> set[int]:
+        """Versions among `found` whose last load failed and whose files changed since."""
+        changed = set()
+        for version, path in found.items():
+            record = self.status_of(name, version)
+            if record and record.failed and record.failed_fingerprint != version_fingerprint(path):
+                changed.add(version)
+        return changed
 
     def serving(self, name: str) -> dict[int, Servable]:
         """The AVAILABLE versions of a model and their servables."""

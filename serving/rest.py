@@ -7,6 +7,8 @@ are percent-decoded, versions are digits):
     GET  /v1/models/{m}[/versions/{n}|/labels/{l}]/metadata   model metadata
     POST /v1/models/{m}[/versions/{n}|/labels/{l}]:predict|:classify|:regress
     GET  <prometheus path>                                    metrics (when enabled)
+    GET  /openapi.json                                        OpenAPI document (textserve)
+    GET  / and /playground/*                                  playground (--rest_api_playground)
 
 Anything else under `/v1/` answers 400 `Malformed request: METHOD PATH`; paths
 outside `/v1/` get a plain 404. Every `/v1/` answer is `application/json`,
@@ -61,7 +63,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 
-from serving import rest_examples, rest_request, rest_response
+from serving import openapi, playground, rest_examples, rest_request, rest_response, routes
 from serving.errors import ServingError, as_serving_error, deadline_exceeded, escape_for_log, invalid_argument
 from serving.memory import InputBudget
 
@@ -81,17 +83,10 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 
-# TF Serving's route regexes (http_rest_api_util.cc), as facts: names/labels are
-# anything but '/' and ':', versions are digits, version and label exclusive.
-_V1_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
-_PREDICTION_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)",
-    re.IGNORECASE,
-)
-_MODEL_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?",
-    re.IGNORECASE,
-)
+# The route table (serving/routes.py) is shared with the OpenAPI document.
+_V1_PATH = routes.V1_PATH
+_PREDICTION_PATH = routes.PREDICTION_PATH
+_MODEL_PATH = routes.MODEL_PATH
 _INT64_MAX = (1 << 63) - 1
 
 
@@ -193,6 +188,8 @@ class RestServer:
         self._extra_headers = dict(_CORS_HEADERS) if options.rest_api_enable_cors_support else {}
         self._json_headers = {"Content-Type": _JSON, **self._extra_headers}
         self._prometheus_path = options.prometheus_path if options.prometheus_enabled else None
+        # Path → page, only with --rest_api_playground (otherwise `/` stays a plain 404, as in TF Serving).
+        self._playground = playground.pages() if getattr(options, "rest_api_playground", False) else {}
         self._metadata_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._runner: web.ServerRunner | None = None
         self._site: web.BaseSite | None = None
@@ -265,6 +262,11 @@ class RestServer:
             response: web.StreamResponse = web.Response(
                 body=self._metrics.render(), headers={"Content-Type": "text/plain", **self._extra_headers}
             )
+        elif request.method == "GET" and path == routes.OPENAPI_PATH:
+            body = openapi.document_json(self._manager, playground=bool(self._playground))
+            response = web.Response(body=body, headers=self._json_headers)
+        elif request.method == "GET" and self._playground and path in self._playground:
+            response = web.Response(body=self._playground[path].body, headers=self._playground[path].headers)
         elif not _V1_PATH.fullmatch(path):
             response = web.Response(status=404, text="404: Not Found")
         else:

@@ -165,6 +165,7 @@ def _serve(options) -> int:
     from serving.dataplane import DataPlane
     from serving.errors import ServingError
     from serving.metrics import Metrics
+    from serving.request_log import open_request_log
 
     try:
         config = model_manager.initial_config(options)
@@ -186,8 +187,14 @@ def _serve(options) -> int:
         print(e.log_line, file=sys.stderr)
         return _startup_failure("INVALID_ARGUMENT", str(e))
     try:
-        dataplane = DataPlane(manager, options, metrics)
+        request_log = open_request_log(options, metrics)
+    except (ValueError, OSError) as e:
+        return _startup_failure("INVALID_ARGUMENT", str(e))
+    try:
+        dataplane = DataPlane(manager, options, metrics, request_log)
     except ValueError as e:  # batching parameters that break TF's rules
+        if request_log is not None:
+            request_log.close()
         return _startup_failure("INVALID_ARGUMENT", str(e))
     hook = None
     if options.enable_model_warmup:
@@ -202,6 +209,8 @@ def _serve(options) -> int:
     except ServingError as e:
         manager.stop()
         dataplane.close()
+        if request_log is not None:
+            request_log.close()
         return _startup_failure(e.code.name, e.message)
 
     loop = _new_event_loop()
@@ -211,6 +220,8 @@ def _serve(options) -> int:
         )
     finally:
         dataplane.close()
+        if request_log is not None:
+            request_log.close()  # after the drain: every answered call is written
         manager.stop()
         loop.close()
 

@@ -203,7 +203,7 @@ class VersionWatcher:
 
     def start_polling(self) -> None:
         """Rescans every base path each `--file_system_poll_wait_seconds` (0: never)."""
-        if self._options.file_system_poll_wait_seconds > 0:
+        if self._options.file_system_poll_wait_seconds > 0 and not self._stop.is_set():
             self._poll_thread = threading.Thread(
                 target=self._poll_loop, name="model-version-poll", daemon=True
             )
@@ -257,7 +257,7 @@ class VersionWatcher:
             if config is None:
                 continue
             found = self._scan(name, config)
-            changed = self._changed_failures(name, found or {})
+            changed = self._repository.changed_failures(name, found or {})
             with self._lock:
                 model = self._models.get(name)
                 if model is None or model.config is not config:
@@ -307,19 +307,6 @@ class VersionWatcher:
                     printable(base_path),
                 )
         return found
-
-    def _changed_failures(self, name: str, found: dict[int, str]) -> set[int]:
-        """Versions whose last load failed and whose files have changed since."""
-        changed = set()
-        for version, path in found.items():
-            record = self._repository.status_of(name, version)
-            if (
-                record is not None
-                and record.failed
-                and record.failed_fingerprint != version_fingerprint(path)
-            ):
-                changed.add(version)
-        return changed
 
     def _log_once(self, key: tuple, message: str, *args) -> None:
         if key not in self._logged_once:
@@ -424,13 +411,11 @@ class VersionWatcher:
                     break
                 continue
             with self._lock:
-                if self._wanted_locked(task):
+                published = self._wanted_locked(task)
+                if published:
                     self._repository.publish(servable)
                     self._finish_locked(task, None)
                     drains = self._plan_locked(name)
-                    published = True
-                else:
-                    published = False
             if published:
                 self._drain(drains)
                 return

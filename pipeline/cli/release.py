@@ -2,7 +2,7 @@
 
     textserve push runs/bbc --model-base-path models/bbc_news
     textserve models list models/bbc_news
-    textserve models label models/bbc_news --model-config serving/configs/models.config --label canary --version 2
+    textserve models label models/bbc_news --model-config models/bbc_news.config --label canary --version 2
     textserve models rollback models/bbc_news --to 1
 
 The push's config is built here once and passed down, resolved as
@@ -37,10 +37,12 @@ Publish RUN_DIR/export/<highest version> as a new version under PATH, the model 
 TF Serving polls. PATH may be a local directory or a tf.io.gfile URL (gs://, s3://, hdfs://).
 
 Before publishing, the push
-  1. evaluates the candidate and the latest version in PATH on the run's test split, and
-     refuses (exit 1, both models side by side) unless the candidate meets
-     release.min_accuracy and release.min_macro_f1 and is no more than release.max_regression
-     worse than that version (thresholds from RUN_DIR/config.toml; change them with --set);
+  1. evaluates the candidate on its test split (or --eval-data PATH) and refuses (exit 1, both
+     models side by side) unless it meets release.min_accuracy and release.min_macro_f1; then
+     scores it and the latest version in PATH on the same documents minus any that version
+     trained on, and refuses if the candidate is worse by more than release.max_regression
+     with release.confidence (95%) confidence, or if fewer than release.min_eval_docs
+     documents remain (settings from RUN_DIR/config.toml; change them with --config or --set);
   2. serves the candidate on loopback (tensorflow_model_server if on PATH, else python -m
      serving) and checks its gRPC and REST answers against in-process predictions.
 
@@ -92,6 +94,12 @@ def register(subparsers) -> None:
         metavar="PATH",
         help="the run's training data, if it moved since training (default: the model card's "
         "data.source; its fingerprint must match)",
+    )
+    push.add_argument(
+        "--eval-data",
+        metavar="PATH",
+        help="labelled documents to gate on instead of the run's test split (a holdout; read with the "
+        "run's data.* settings; documents either model trained on are left out and counted)",
     )
     push.add_argument("--force", action="store_true", help="push even if the gate refuses (needs --reason)")
     push.add_argument("--reason", metavar="TEXT", help="why --force or --skip-infra-validation; logged")
@@ -147,11 +155,19 @@ def register(subparsers) -> None:
         "rollback",
         help="serve version N again by re-publishing it as a new version",
         description="Copy version N to a new, highest version number, so that every TF Serving version "
-        "policy (latest included) serves it without a config change; recorded in the release log.",
+        "policy (latest included) serves it without a config change; recorded in the release log. "
+        "With --model-config FILE, move FILE's labels back to N instead.",
     )
     rollback.add_argument("base_path", metavar="PATH", help="model base path")
     rollback.add_argument("--to", type=int, required=True, metavar="N", help="the version to serve again")
     rollback.add_argument("--reason", metavar="TEXT", help="why; logged")
+    rollback.add_argument(
+        "--model-config",
+        metavar="FILE",
+        help="roll back a labelled ModelServerConfig instead: labels on newer versions name N again "
+        "and newer versions unload at the next config poll (nothing is copied)",
+    )
+    rollback.add_argument("--model-name", metavar="NAME", help="the config entry, if FILE has several models")
     rollback.add_argument(
         "--lock-timeout",
         type=float,
@@ -165,21 +181,26 @@ def register(subparsers) -> None:
         "label",
         help="point a version label (e.g. canary) at a version in a models.config",
         description="Set version_labels { key: LABEL value: N } for the model in a text-format "
-        "ModelServerConfig, so clients can call /v1/models/NAME/labels/LABEL. If the version policy "
-        "would not load N, it becomes specific { versions: ... } with every version it served, every "
-        "labelled version and N. The file's leading comment block is kept.",
+        "ModelServerConfig, so clients can call /v1/models/NAME/labels/LABEL. The file is created if "
+        "missing (an entry with base_path PATH, policy pinned to N). If the version policy would not "
+        "load N, it becomes specific { versions: ... } with every version it served, every labelled "
+        "version and N. The file's leading comment block is kept; comments further down are not.",
     )
     label.add_argument("base_path", metavar="PATH", help="model base path (version N must exist there)")
     label.add_argument(
         "--model-config",
         required=True,
         metavar="FILE",
-        help="ModelServerConfig text file, e.g. serving/configs/models.config (rewritten)",
+        help="your ModelServerConfig text file, e.g. models/bbc_news.config (created if missing, "
+        "else rewritten); serve it with --model_config_file",
     )
     label.add_argument("--label", required=True, help="label name, [A-Za-z0-9_]+ (e.g. canary, stable)")
     label.add_argument("--version", type=int, required=True, metavar="N", help="the version it names")
     label.add_argument(
-        "--model-name", metavar="NAME", help="the config entry, if the file has several models"
+        "--model-name",
+        metavar="NAME",
+        help="the config entry, if the file has several models (or the name of a new entry; "
+        "default: the version's model card name)",
     )
     label.set_defaults(run=_run_label)
 
@@ -291,11 +312,22 @@ def _run_list(args) -> int:
     return 0
 
 
+def _print_label_result(result) -> None:
+    for message in result.messages:
+        print(message)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _run_rollback(args) -> int:
     from pipeline.release import rollback
+    from pipeline.release.labels import rollback_labels
 
     try:
-        rollback(args.base_path, args.to, reason=args.reason, lock_timeout_s=args.lock_timeout, log=_log)
+        if args.model_config:
+            _print_label_result(rollback_labels(args.base_path, args.model_config, args.to, args.model_name))
+        else:
+            rollback(args.base_path, args.to, reason=args.reason, lock_timeout_s=args.lock_timeout, log=_log)
     except ReleaseError as error:
         return fail(str(error), code=error.exit_code)
     return 0
@@ -308,6 +340,5 @@ def _run_label(args) -> int:
         result = label_version(args.base_path, args.model_config, args.label, args.version, args.model_name)
     except ReleaseError as error:
         return fail(str(error), code=error.exit_code)
-    for message in result.messages:
-        print(message)
+    _print_label_result(result)
     return 0

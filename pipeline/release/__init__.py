@@ -25,7 +25,7 @@ from pipeline.errors import GateRefused, InfraValidationError, ReleaseError
 from pipeline.release.candidate import Candidate, load_candidate, load_test_split
 from pipeline.release.gate import Comparison, compare, format_comparison
 from pipeline.release.infra_validation import find_model_server
-from pipeline.release.labels import LabelResult, label_version
+from pipeline.release.labels import LabelResult, label_version, rollback_labels
 from pipeline.release.log import read_release_log
 from pipeline.release.push import PushResult, push, rollback
 from pipeline.release.store import (
@@ -67,5 +67,6 @@ __all__ = [
     "push",
     "read_release_log",
     "rollback",
+    "rollback_labels",
     "version_dirs",
 ]

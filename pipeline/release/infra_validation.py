@@ -2,47 +2,43 @@
 
 Before a push, the candidate is served on loopback by the component that will
 serve it in production: `tensorflow_model_server` when it is on PATH, else our
-TF-Serving-compatible server (`python -m serving`). Then:
+TF-Serving-compatible server (`python -m serving`), started with
+`serving.process.ServerProcess` (free ports, output captured, killed if the
+push dies). Then, through the generic `serving.client.ServingClient`:
 
-1. wait until REST `GET /v1/models/NAME` reports version 1 AVAILABLE (the
-   server has loaded it and replayed its warmup records);
+1. wait until the model status reports version 1 AVAILABLE (the server has
+   loaded it and replayed its warmup records);
 2. send every warmup request from `assets.extra/tf_serving_warmup_requests`
-   over gRPC, as recorded;
-3. send a sample of test documents over gRPC (one PredictRequest) and over
-   REST (`{"instances": [...]}`);
+   over gRPC, with its recorded inputs and signature;
+3. send a sample of test documents over gRPC and over REST;
 4. compare each answer with the in-process `serving_default`: the same labels,
    probabilities within the export's verify tolerance.
 
 Any failure raises `InfraValidationError` with the reason and the end of the
 server's log. The server runs from a temporary model base path holding only
-the candidate as version 1, and is stopped afterwards. A server started by a
-push that is killed dies with it (Linux parent-death signal).
+the candidate as version 1, and is stopped afterwards.
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
+import contextlib
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from model.export import ExportedModel
 from pipeline.errors import InfraValidationError
 from preprocessing import names
+from serving.client import ClientError, ServingClient
+from serving.process import ServerProcess
 
 _POLL_S = 0.25
 _REQUEST_TIMEOUT_S = 60.0
@@ -68,6 +64,7 @@ class InfraValidationResult:
     seconds: float
 
     def summary(self) -> str:
+        """One line for the push's output."""
         return (
             f"{self.warmup_requests} warmup requests (gRPC) and {self.documents} test documents "
             f"(gRPC and REST) answered as in-process, max |Δp| {self.max_abs_difference:.2e}, "
@@ -81,95 +78,6 @@ def find_model_server() -> tuple[str, ...]:
     return (binary,) if binary else (sys.executable, "-m", "serving")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _parent_death_signal():
-    """A pre-exec hook that makes the server die with the push (Linux), or None elsewhere.
-
-    libc is loaded here, in the parent: loading a library between fork and exec
-    can deadlock in a process with threads.
-    """
-    if sys.platform != "linux":
-        return None  # the server is still stopped on every normal exit path
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
-class _Server:
-    """A serving process on loopback ports, with its output in a log file."""
-
-    def __init__(self, command: Sequence[str], model_name: str, base_path: Path, log_path: Path):
-        self.grpc_port, self.rest_port = _free_port(), _free_port()
-        # No load retries: production retries a failed load for minutes, validation
-        # should report it at once (TF Serving then exits at start-up).
-        self.command = [
-            *command,
-            f"--port={self.grpc_port}",
-            f"--rest_api_port={self.rest_port}",
-            f"--model_name={model_name}",
-            f"--model_base_path={base_path}",
-            "--max_num_load_retries=0",
-        ]
-        self.model_name = model_name
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_parent_death_signal(),
-        )
-
-    def log_tail(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text("utf-8", errors="replace")[-_LOG_TAIL_CHARS:]
-
-    def fail(self, reason: str) -> InfraValidationError:
-        return InfraValidationError(
-            f"infra validation failed: {reason}\nserver: {' '.join(self.command)}\n"
-            f"--- server output (end) ---\n{self.log_tail()}"
-        )
-
-    def wait_available(self, timeout_s: float) -> None:
-        """Polls the REST model-status URL until version 1 is AVAILABLE."""
-        url = f"http://127.0.0.1:{self.rest_port}/v1/models/{self.model_name}"
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise self.fail(f"the server exited with code {self.proc.returncode} before the model loaded")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    status = json.loads(response.read())
-            except (urllib.error.URLError, OSError, json.JSONDecodeError) as error:
-                last = str(error)
-            else:
-                versions = status.get("model_version_status", [])
-                if any(v.get("state") == "AVAILABLE" for v in versions):
-                    return
-                failed = [v for v in versions if v.get("state") == "END"]
-                if failed:
-                    raise self.fail(f"the model did not load: {failed[0].get('status')}")
-                last = json.dumps(status)
-            time.sleep(_POLL_S)
-        raise self.fail(f"version 1 was not AVAILABLE after {timeout_s:.0f}s (last status: {last})")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
 def read_warmup_requests(version_dir: Path) -> list[predict_pb2.PredictRequest]:
     """The PredictRequests recorded in a version's warmup file ([] when it has none)."""
     path = version_dir / names.ASSETS_EXTRA / names.WARMUP_FILE
@@ -181,6 +89,63 @@ def read_warmup_requests(version_dir: Path) -> list[predict_pb2.PredictRequest]:
         if log.WhichOneof("log_type") == "predict_log":
             requests.append(log.predict_log.request)
     return requests
+
+
+class _Validation:
+    """One served candidate: the server, its clients, and failures that carry its log."""
+
+    def __init__(self, server: ServerProcess, model_name: str):
+        self.server = server
+        self.model_name = model_name
+        self.command = " ".join(server.args)
+
+    def fail(self, reason: str) -> InfraValidationError:
+        return InfraValidationError(
+            f"infra validation failed: {reason}\nserver: {self.command}\n"
+            f"--- server output (end) ---\n{self.server.output()[-_LOG_TAIL_CHARS:]}"
+        )
+
+    def client(self, transport: str) -> ServingClient:
+        target = self.server.grpc_target if transport == "grpc" else self.server.rest_url
+        return ServingClient(
+            target, self.model_name, transport=transport, timeout=_REQUEST_TIMEOUT_S, retries=0
+        )
+
+    def wait_available(self, timeout_s: float) -> None:
+        """Polls the model status (REST) until version 1 is AVAILABLE; fails on exit or a failed load."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        with self.client("rest") as client:
+            while time.monotonic() < deadline:
+                if self.server.returncode is not None:
+                    raise self.fail(
+                        f"the server exited with code {self.server.returncode} before the model loaded"
+                    )
+                try:
+                    versions = client.status()
+                except ClientError as error:
+                    last = str(error)
+                else:
+                    if any(v.state == "AVAILABLE" for v in versions):
+                        return
+                    failed = [v for v in versions if v.state == "END"]
+                    if failed:
+                        raise self.fail(
+                            f"the model did not load: {failed[0].error_code} {failed[0].error_message}"
+                        )
+                    last = ", ".join(f"version {v.version} {v.state}" for v in versions)
+                time.sleep(_POLL_S)
+        raise self.fail(f"version 1 was not AVAILABLE after {timeout_s:.0f}s (last status: {last})")
+
+    def predict(
+        self, client: ServingClient, inputs: dict, signature: str, where: str
+    ) -> tuple[list[str], np.ndarray]:
+        try:
+            outputs = client.predict(inputs, signature_name=signature)
+        except ClientError as error:
+            raise self.fail(f"{where}: {error}") from None
+        labels = [label.decode("utf-8") for label in np.asarray(outputs[names.PREDICTED_LABEL]).reshape(-1)]
+        return labels, np.asarray(outputs[names.PROBABILITIES], dtype=np.float32)
 
 
 def _compare(
@@ -212,24 +177,6 @@ def _compare(
             f"> tolerance {tolerance:g}"
         )
     return difference
-
-
-def _grpc_predict(stub, request: predict_pb2.PredictRequest) -> tuple[list[str], np.ndarray]:
-    reply = stub.Predict(request, timeout=_REQUEST_TIMEOUT_S)
-    labels = [label.decode("utf-8") for label in tf.make_ndarray(reply.outputs[names.PREDICTED_LABEL])]
-    return labels, tf.make_ndarray(reply.outputs[names.PROBABILITIES])
-
-
-def _rest_predict(port: int, model_name: str, texts: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/models/{model_name}:predict",
-        data=json.dumps({"instances": list(texts)}).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=_REQUEST_TIMEOUT_S) as response:
-        predictions = json.loads(response.read())["predictions"]
-    labels = [row[names.PREDICTED_LABEL] for row in predictions]
-    return labels, np.array([row[names.PROBABILITIES] for row in predictions], dtype=np.float32)
 
 
 def validate(
@@ -267,57 +214,56 @@ def validate(
         raise InfraValidationError("infra validation needs at least one test document.")
     base_path = scratch_dir / "model"
     shutil.copytree(version_dir, base_path / "1")
-    server = _Server(server_command, model_name, base_path.resolve(), scratch_dir / "server.log")
+    texts = list(texts)
+    # No load retries: production retries a failed load for minutes, validation
+    # should report it at once (TF Serving then exits at start-up).
+    flags = [
+        f"--model_name={model_name}",
+        f"--model_base_path={base_path.resolve()}",
+        "--max_num_load_retries=0",
+    ]
     try:
-        server.wait_available(timeout_s)
-        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            difference = 0.0
-            warmup = read_warmup_requests(version_dir)
+        server = ServerProcess.start(
+            flags, command=server_command, log_path=scratch_dir / "server.log", ready_text=None
+        )
+    except OSError as error:
+        raise InfraValidationError(
+            f"infra validation failed: cannot start {' '.join(server_command)}: {error}"
+        ) from error
+    check = _Validation(server, model_name)
+    try:
+        check.wait_available(timeout_s)
+        difference = 0.0
+        warmup = read_warmup_requests(version_dir)
+        with check.client("grpc") as grpc_client:
             for i, request in enumerate(warmup):
-                sent = [t.decode("utf-8") for t in tf.make_ndarray(request.inputs[names.TEXT_KEY])]
-                try:
-                    labels, probabilities = _grpc_predict(stub, request)
-                except grpc.RpcError as error:
-                    raise server.fail(
-                        f"warmup request {i} over gRPC: {error.code().name} {error.details()}"
-                    ) from None
-                difference = max(
-                    difference,
-                    _compare(
-                        f"gRPC warmup request {i}",
-                        sent,
-                        labels,
-                        probabilities,
-                        model.predict(sent),
-                        tolerance,
-                    ),
+                inputs = {alias: tf.make_ndarray(tensor) for alias, tensor in request.inputs.items()}
+                sent = [t.decode("utf-8") for t in inputs[names.TEXT_KEY].reshape(-1)]
+                where = f"gRPC warmup request {i}"
+                labels, probabilities = check.predict(
+                    grpc_client, inputs, request.model_spec.signature_name, where
                 )
-            expected = model.predict(list(texts))
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = names.PREDICT_SIGNATURE
-            request.inputs[names.TEXT_KEY].CopyFrom(tf.make_tensor_proto(list(texts), dtype=tf.string))
-            try:
-                labels, probabilities = _grpc_predict(stub, request)
-            except grpc.RpcError as error:
-                raise server.fail(
-                    f"gRPC Predict of {len(texts)} test documents: {error.code().name} {error.details()}"
-                ) from None
+                difference = max(
+                    difference, _compare(where, sent, labels, probabilities, model.predict(sent), tolerance)
+                )
+            expected = model.predict(texts)
+            inputs = {names.TEXT_KEY: np.array(texts, dtype=object)}
+            labels, probabilities = check.predict(
+                grpc_client, inputs, names.PREDICT_SIGNATURE, f"gRPC Predict of {len(texts)} test documents"
+            )
             difference = max(
                 difference, _compare("gRPC Predict", texts, labels, probabilities, expected, tolerance)
             )
-        try:
-            labels, probabilities = _rest_predict(server.rest_port, model_name, texts)
-        except urllib.error.HTTPError as error:
-            raise server.fail(f"REST predict: HTTP {error.code} {error.read()[:500]!r}") from None
-        except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
-            raise server.fail(f"REST predict: {error}") from None
+        with check.client("rest") as rest_client:
+            labels, probabilities = check.predict(
+                rest_client, inputs, names.PREDICT_SIGNATURE, "REST predict"
+            )
         difference = max(
             difference, _compare("REST predict", texts, labels, probabilities, expected, tolerance)
         )
     finally:
-        server.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.stop()
     return InfraValidationResult(
         " ".join(server_command), len(warmup), len(texts), difference, time.monotonic() - started
     )

@@ -50,10 +50,10 @@ from google.protobuf import message as protobuf_message
 from tensorflow.core.protobuf import saved_model_pb2
 
 from pipeline.config import PipelineConfig, ReleaseConfig
-from pipeline.errors import EXIT_REFUSED, GateRefused, ReleaseError
-from pipeline.evaluate import evaluate_export
+from pipeline.data import ingest
+from pipeline.errors import EXIT_REFUSED, DataError, GateRefused, ReleaseError
 from pipeline.release.candidate import Candidate, data_source, load_candidate, load_model, load_test_split
-from pipeline.release.gate import Comparison, compare, format_comparison
+from pipeline.release.gate import Comparison, EvaluationSet, GateModel, format_comparison, run_gate
 from pipeline.release.infra_validation import find_model_server, validate
 from pipeline.release.lock import PushLock, pid_alive
 from pipeline.release.log import append_record, read_release_log, read_version_record, reconcile_log
@@ -281,6 +281,28 @@ def rollback(
     return version, record
 
 
+def evaluation_documents(
+    candidate: Candidate, config: PipelineConfig, data_path: str | Path | None, eval_data: str | Path | None
+) -> EvaluationSet:
+    """The documents the gate starts from: `--eval-data`, else the run's test split.
+
+    Raises:
+      ReleaseError: the file cannot be read (naming it), or the run's data is gone or changed.
+    """
+    if eval_data is None:
+        test = load_test_split(candidate, config, data_path)
+        return EvaluationSet(test, f"the run's test split ({candidate.run_dir / 'splits.json'})")
+    path = Path(eval_data).resolve()
+    try:
+        data = ingest(path, config.data)
+    except DataError as error:
+        raise ReleaseError(f"--eval-data: {error}") from error
+    dropped = {
+        f"{why.replace('_', ' ')} in the file": n for why, n in data.report["dropped_by_reason"].items() if n
+    }
+    return EvaluationSet(data, f"--eval-data {path}", dropped)
+
+
 @dataclass(frozen=True)
 class PushResult:
     """A published version: its number, where it is, and its release record."""
@@ -304,6 +326,7 @@ def push(
     force: bool = False,
     reason: str | None = None,
     data_path: str | Path | None = None,
+    eval_data: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> PushResult:
     """Gates, validates and publishes a run's export as the next version under `base_path`.
@@ -317,6 +340,8 @@ def push(
       force: publish even if the gate refuses (needs `reason`).
       reason: why `force`, or why `release.infra_validation` is off; logged.
       data_path: the run's data when it has moved since training.
+      eval_data: labelled documents to gate on instead of the run's test split
+        (read with the run's `data` settings).
       log: where progress lines go.
 
     Returns:
@@ -340,23 +365,30 @@ def push(
     staging = Staging(base_path, log)
     scratch = tempfile.TemporaryDirectory(prefix="textserve-push-")
     try:
-        test = load_test_split(candidate, config, data_path)
-        log(f"test split: {len(test.ids)} documents from {data_source(candidate, data_path)}")
-        candidate_metrics = evaluate_export(candidate.model, test)
-        baseline_metrics, baseline_version = None, None
+        evaluation = evaluation_documents(candidate, config, data_path, eval_data)
+        log(f"evaluation: {evaluation.describe()} from {evaluation.source}")
+        baseline, baseline_version = None, None
         latest = latest_complete_version(base_path)
         if latest is not None:
             baseline_version = latest[0]
-            baseline_model = load_model(
-                local_copy(latest[1], Path(scratch.name)), f"served version {baseline_version}"
-            )
-            baseline_metrics = evaluate_export(baseline_model, test)
-            del baseline_model
-        comparison = compare(candidate_metrics, baseline_metrics, baseline_version, settings)
+            name = f"version {baseline_version}"
+            model = load_model(local_copy(latest[1], Path(scratch.name)), f"served {name}")
+            baseline = GateModel(name, model, model.card)
+        comparison = run_gate(
+            GateModel("the candidate", candidate.model, candidate.card),
+            evaluation,
+            settings,
+            baseline=baseline,
+            baseline_version=baseline_version,
+            holdout=eval_data is not None,
+            log=log,
+        )
+        del baseline
         table = format_comparison(comparison, f"candidate ({candidate.run_dir.name})")
         if not comparison.passed and not force:
             raise GateRefused(
-                f"the gate refused {candidate.version_dir}:\n{table}\nImprove the model, or push anyway with --force --reason TEXT.",
+                f"the gate refused {candidate.version_dir}:\n{table}\n"
+                f"Improve the model, or push anyway with --force --reason TEXT.",
                 comparison,
             )
         log(table if comparison.passed else table + f"\nforced: {reason}")
@@ -366,7 +398,9 @@ def push(
             result = validate(
                 candidate.version_dir,
                 candidate.model,
-                test.texts[: settings.infra_sample],
+                (comparison.floor_set.data.texts if comparison.floor_set else evaluation.data.texts)[
+                    : settings.infra_sample
+                ],
                 candidate.card.get("model_name", config.export.model_name),
                 server_command=server_command(settings),
                 scratch_dir=Path(scratch.name) / "infra",
@@ -376,7 +410,7 @@ def push(
             infra = dataclasses.asdict(result)
             log(f"infra validation: {result.summary()}")
 
-        record = _push_record(candidate, comparison, infra, config, force, reason, data_path)
+        record = _push_record(candidate, comparison, infra, config, force, reason, data_path, evaluation)
         version, record = publish(str(candidate.version_dir), staging, record, settings.lock_timeout_s, log)
     finally:
         staging.close()
@@ -404,6 +438,7 @@ def _push_record(
     force: bool,
     reason: str | None,
     data_path: str | Path | None,
+    evaluation: EvaluationSet,
 ) -> dict:
     card = candidate.card
     return {
@@ -421,7 +456,8 @@ def _push_record(
             "baseline": _headline(comparison.baseline),
             "baseline_version": comparison.baseline_version,
         },
-        "gate": {"passed": comparison.passed, "failures": list(comparison.failures)},
+        "evaluation": {"source": evaluation.source, "documents": len(evaluation.data.ids)},
+        "gate": comparison.summary(),
         "release_config": dataclasses.asdict(config.release),
         "forced": bool(force and not comparison.passed),
         "reason": reason,

@@ -14,10 +14,8 @@ import tensorflow as tf
 
 from pipeline.errors import ReleaseError
 from pipeline.release.log import read_release_log, read_version_record
-from pipeline.release.store import STAGING_PREFIX, join, normalize_base_path
-
-# TODO(serving): use serving.model_repository.discover_versions once it is public on
-# main; this is the same rule (TF Serving's), kept here until then.
+from pipeline.release.store import STAGING_PREFIX, is_remote, join, normalize_base_path
+from serving.model_repository import discover_versions
 
 
 def parse_version(name: str) -> int | None:
@@ -27,7 +25,15 @@ def parse_version(name: str) -> int | None:
 
 
 def version_dirs(base_path: str) -> dict[int, str]:
-    """Every child of `base_path` that TF Serving would take for a version: number → path."""
+    """Every child of `base_path` that TF Serving would take for a version: number → path.
+
+    Local base paths are read with the server's own rule
+    (`serving.model_repository.discover_versions`), complete or not, so that a
+    push never reuses the number of a version still being written; gfile URLs
+    (object stores, which the server module does not list) by the same rule here.
+    """
+    if not is_remote(base_path):
+        return discover_versions(base_path, complete_only=False)
     if not tf.io.gfile.isdir(base_path):
         return {}
     found = {}

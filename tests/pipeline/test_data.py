@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import ingest, split_ids
+from pipeline.config import DataConfig
+from pipeline.data import ingest
 from pipeline.errors import DataError
 
 
@@ -109,18 +109,6 @@ def test_unreadable_and_unknown_inputs(tmp_path):
     odd.write_text("x")
     with pytest.raises(DataError, match=r"data\.format"):
         ingest(odd, DataConfig())
-
-
-def test_split_is_stratified_seeded_and_disjoint(tiny_corpus):
-    data = ingest(tiny_corpus, DataConfig())
-    first = split_ids(data, SplitConfig(seed=3))
-    assert first == split_ids(data, SplitConfig(seed=3))
-    assert first != split_ids(data, SplitConfig(seed=4))
-    all_ids = first["train"] + first["validation"] + first["test"]
-    assert sorted(all_ids) == sorted(data.ids)
-    for name in ("validation", "test"):
-        labels = {doc_id.split("/")[0] for doc_id in first[name]}
-        assert labels == set(data.label_names)  # every class in every split
 
 
 def test_real_bbc_has_101_duplicates_and_one_latin1_file(bbc_path):

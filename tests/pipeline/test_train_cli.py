@@ -100,7 +100,7 @@ def test_data_fetch_from_local_archive_and_offline(bbc_path, tmp_path):
 
 def test_bbc_tfidf_reaches_target_accuracy(bbc_run):
     test = bbc_run.metrics["test"]
-    assert test["count"] == 212
+    assert test["count"] == 199  # the content-hash split (seed 42) of the 2,124 deduplicated documents
     assert test["accuracy"] >= 0.97, test  # 0.981 on the reference machine
 
 

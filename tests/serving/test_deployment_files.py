@@ -14,11 +14,11 @@ ports, paths and thread counts.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import http.server
 import json
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -26,155 +26,33 @@ import typing
 from pathlib import Path
 
 import pytest
-import yaml
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKERFILE = REPO / "Dockerfile.serving"
-CONFIG_DIR = REPO / "serving" / "configs"
-K8S = REPO / "serving" / "k8s"
-KUSTOMIZATIONS = ("base", "overlays/production")
-
-GRPC_PORT, REST_PORT = 8500, 8501
-CONFIG_FLAGS = {  # server flag -> file name, as in serving/configs/
-    "model_config_file": "models.config",
-    "batching_parameters_file": "batching.config",
-    "monitoring_config_file": "monitoring.config",
-}
-
-# tensorflow_model_server's flags (model_servers/main.cc), so that a typo in the
-# ENTRYPOINT fails here rather than as "unknown argument" in a container log.
-KNOWN_SERVER_FLAGS = frozenset(
-    [
-        "port",
-        "grpc_socket_path",
-        "rest_api_port",
-        "rest_api_num_threads",
-        "rest_api_timeout_in_ms",
-        "rest_api_enable_cors_support",
-        "model_name",
-        "model_base_path",
-        "model_config_file",
-        "model_config_file_poll_wait_seconds",
-        "file_system_poll_wait_seconds",
-        "enable_batching",
-        "batching_parameters_file",
-        "enable_per_model_batching_parameters",
-        "allow_version_labels_for_unavailable_models",
-        "monitoring_config_file",
-        "enable_model_warmup",
-        "num_request_iterations_for_warmup",
-        "saved_model_tags",
-        "num_load_threads",
-        "num_unload_threads",
-        "max_num_load_retries",
-        "load_retry_interval_micros",
-        "flush_filesystem_caches",
-        "tensorflow_session_parallelism",
-        "tensorflow_intra_op_parallelism",
-        "tensorflow_inter_op_parallelism",
-        "tensorflow_session_config_file",
-        "per_process_gpu_memory_fraction",
-        "platform_config_file",
-        "grpc_channel_arguments",
-        "grpc_max_threads",
-        "use_alts_credentials",
-        "ssl_config_file",
-        "enable_signature_method_name_check",
-        "enable_serialization_as_tensor_content",
-        "remove_unused_fields_from_bundle_metagraph",
-        "prefer_tflite_model",
-        "num_tflite_pools",
-        "num_tflite_interpreters_per_pool",
-        "xla_cpu_compilation_enabled",
-        "xla_gpu_compilation_enabled",
-        "enable_profiler",
-        "thread_pool_factory_config_file",
-        "mixed_precision",
-        "skip_initialize_tpu",
-        "enable_grpc_healthcheck_service",
-    ]
+from tests.serving.manifests import (
+    CONFIG_DIR,
+    CONFIG_FLAGS,
+    DOCKERFILE,
+    GRPC_PORT,
+    K8S,
+    KNOWN_SERVER_FLAGS,
+    REPO,
+    REST_PORT,
+    BatchingParameters,
+    Dockerfile,
+    MonitoringConfig,
+    assemble,
+    cpus,
+    one,
+    read_config,
+    read_model_server_config,
+    render,
 )
+
+KUSTOMIZATIONS = ("base", "overlays/production")
 
 
 # --- Dockerfile ----------------------------------------------------------------
-
-
-def parse_dockerfile(path: Path) -> list[tuple[str, str]]:
-    """Returns (INSTRUCTION, arguments) pairs with continuations joined and comments dropped."""
-    instructions, pending = [], ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue  # Docker also drops comment lines inside a continued instruction.
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        text = pending + stripped
-        pending = ""
-        keyword, _, rest = text.partition(" ")
-        instructions.append((keyword.upper(), rest.strip()))
-    assert not pending, f"{path}: the last instruction ends with a line continuation"
-    return instructions
-
-
-def _substitute(text: str, variables: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), text)
-
-
-class Dockerfile:
-    """The parts of Dockerfile.serving the checks need, with ARG defaults substituted."""
-
-    def __init__(self, path: Path):
-        self.instructions = parse_dockerfile(path)
-        self.args: dict[str, str] = {}
-        for keyword, rest in self.instructions:
-            if keyword == "ARG" and "=" in rest:
-                name, _, default = rest.partition("=")
-                self.args[name] = default.strip("\"'")
-        self.from_ = [_substitute(r, self.args) for k, r in self.instructions if k == "FROM"]
-        self.copies = [_substitute(r, self.args).split() for k, r in self.instructions if k == "COPY"]
-        self.users = [_substitute(r, self.args) for k, r in self.instructions if k == "USER"]
-        self.exposed = [
-            int(port.split("/")[0]) for k, r in self.instructions if k == "EXPOSE" for port in r.split()
-        ]
-        self.healthchecks = [r for k, r in self.instructions if k == "HEALTHCHECK"]
-        self.entrypoint = self._exec_form("ENTRYPOINT")
-        self.cmd = self._exec_form("CMD")
-
-    def _exec_form(self, keyword: str) -> list[str]:
-        values = [r for k, r in self.instructions if k == keyword]
-        assert len(values) == 1, f"Dockerfile.serving needs exactly one {keyword}, found {len(values)}"
-        assert values[0].startswith("["), (
-            f"{keyword} must use the exec (JSON) form so signals reach the server"
-        )
-        return json.loads(values[0])
-
-    def server_flags(self) -> dict[str, str]:
-        """The ENTRYPOINT's `--name=value` flags (bare booleans as "true")."""
-        flags = {}
-        for item in self.entrypoint[1:] + self.cmd:
-            assert item.startswith("--"), f"ENTRYPOINT/CMD item {item!r} is not a --flag"
-            name, _, value = item[2:].partition("=")
-            assert name not in flags, f"flag --{name} is given twice in Dockerfile.serving"
-            flags[name] = value or "true"
-        return flags
-
-    def copy_destinations(self) -> dict[str, str]:
-        """Maps each COPY source (directories without their trailing slash) to its path in the image."""
-        placed = {}
-        for parts in self.copies:
-            sources = [p for p in parts[:-1] if not p.startswith("--")]
-            destination = parts[-1]
-            for source in sources:
-                if source.endswith("/"):  # a directory: its contents land in destination
-                    placed[source.rstrip("/")] = destination.rstrip("/")
-                elif destination.endswith("/"):
-                    placed[source] = destination + Path(source).name
-                else:
-                    placed[source] = destination
-        return placed
 
 
 @pytest.fixture(scope="module")
@@ -397,95 +275,12 @@ def test_dockerignore_keeps_what_the_build_copies(dockerfile):
 # --- Config files as TF Serving reads them -------------------------------------
 
 
-def _local_config_messages():
-    """BatchingParameters and MonitoringConfig as TF Serving defines them.
-
-    tensorflow-serving-api ships neither message; serving/config_protos.py
-    defines them for the server, and these are used only until it exists.
-    """
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    file = descriptor_pb2.FileDescriptorProto(
-        name="textserve_tests/serving_configs.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    F = descriptor_pb2.FieldDescriptorProto
-
-    def add(message, fields):
-        proto = file.message_type.add(name=message)
-        for name, number, kind, type_name, repeated in fields:
-            proto.field.add(
-                name=name,
-                number=number,
-                type=kind,
-                type_name=type_name,
-                label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL,
-            )
-
-    int64, boolean = ".google.protobuf.Int64Value", ".google.protobuf.BoolValue"
-    add(
-        "BatchingParameters",
-        [
-            ("max_batch_size", 1, F.TYPE_MESSAGE, int64, False),
-            ("batch_timeout_micros", 2, F.TYPE_MESSAGE, int64, False),
-            ("max_enqueued_batches", 3, F.TYPE_MESSAGE, int64, False),
-            ("num_batch_threads", 4, F.TYPE_MESSAGE, int64, False),
-            ("thread_pool_name", 5, F.TYPE_MESSAGE, ".google.protobuf.StringValue", False),
-            ("allowed_batch_sizes", 6, F.TYPE_INT64, None, True),
-            ("pad_variable_length_inputs", 7, F.TYPE_BOOL, None, False),
-            ("enable_large_batch_splitting", 8, F.TYPE_MESSAGE, boolean, False),
-            ("max_execution_batch_size", 9, F.TYPE_MESSAGE, int64, False),
-        ],
-    )
-    add(
-        "PrometheusConfig",
-        [
-            ("enable", 1, F.TYPE_BOOL, None, False),
-            ("path", 2, F.TYPE_STRING, None, False),
-        ],
-    )
-    add(
-        "MonitoringConfig",
-        [
-            ("prometheus_config", 1, F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", False),
-        ],
-    )
-    pool.Add(file)
-    return tuple(
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-        for name in ("BatchingParameters", "MonitoringConfig")
-    )
-
-
-def _config_messages():
-    try:
-        from serving import config_protos
-    except ImportError:
-        return _local_config_messages()
-    return config_protos.BatchingParameters, config_protos.MonitoringConfig
-
-
-BatchingParameters, MonitoringConfig = _config_messages()
-
-
-def _parse(path: Path, message):
-    try:
-        return text_format.Parse(path.read_text(encoding="utf-8"), message())
-    except text_format.ParseError as e:
-        raise AssertionError(f"{path.relative_to(REPO)}:{e}") from e
-
-
-def read_model_server_config(path: Path):
-    return _parse(path, model_server_config_pb2.ModelServerConfig)
-
-
 def all_config_files(file_name: str) -> list[Path]:
-    """Every copy of a config: the image's, and each kustomization's."""
-    return [CONFIG_DIR / file_name, *sorted(K8S.glob(f"**/{file_name}"))]
+    """Every copy of a config: the image's, and each kustomization's of the Deployment."""
+    return [
+        CONFIG_DIR / file_name,
+        *(p for k in KUSTOMIZATIONS for p in sorted((K8S / k).glob(f"**/{file_name}"))),
+    ]
 
 
 @pytest.mark.parametrize("path", all_config_files("models.config"), ids=str)
@@ -505,7 +300,7 @@ def test_models_config_serves_the_image_model(path, model_name):
 
 @pytest.mark.parametrize("path", all_config_files("batching.config"), ids=str)
 def test_batching_config_is_valid_for_tf_serving(path):
-    params = _parse(path, BatchingParameters)
+    params = read_config(path, BatchingParameters)
     for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
         assert params.HasField(field), f"{path}: set {field} rather than rely on TF's default"
     assert params.num_batch_threads.value >= 1
@@ -525,7 +320,7 @@ def test_batching_config_is_valid_for_tf_serving(path):
 
 @pytest.mark.parametrize("path", all_config_files("monitoring.config"), ids=str)
 def test_monitoring_config_enables_prometheus(path):
-    config = _parse(path, MonitoringConfig)
+    config = read_config(path, MonitoringConfig)
     assert config.prometheus_config.enable
     assert config.prometheus_config.path.startswith("/")
 
@@ -533,57 +328,24 @@ def test_monitoring_config_enables_prometheus(path):
 # --- Kubernetes ----------------------------------------------------------------
 
 
-def _assemble_base() -> list[dict]:
-    """The base without kustomize: its resources plus the generated ConfigMap (no hash)."""
-    base = K8S / "base"
-    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text(encoding="utf-8"))
-    docs = [
-        doc
-        for name in kustomization["resources"]
-        for doc in yaml.safe_load_all((base / name).read_text(encoding="utf-8"))
-        if doc
-    ]
-    for generator in kustomization.get("configMapGenerator", []):
-        data = {Path(f).name: (base / f).read_text(encoding="utf-8") for f in generator["files"]}
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": generator["name"]},
-                "data": data,
-            }
-        )
-    return docs
-
-
 @pytest.fixture(scope="module", params=KUSTOMIZATIONS)
 def rendered(request) -> list[dict]:
     """The manifests of one kustomization, as `kubectl apply -k` would send them."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    docs = render(request.param)
+    if docs is None:
         if request.param != "base":
             pytest.skip("kubectl is not installed, and only the base can be assembled without kustomize")
-        return _assemble_base()
-    result = subprocess.run(
-        [kubectl, "kustomize", str(K8S / request.param)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, f"kubectl kustomize serving/k8s/{request.param} failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def _one(docs: list[dict], kind: str) -> dict:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
+        return assemble(K8S / "base")
+    return docs
 
 
 def _container(docs):
-    (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     return container
 
 
 def _config_map_data(docs) -> dict[str, str]:
-    volumes = _one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
     names = {v["configMap"]["name"] for v in volumes if "configMap" in v}
     maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] in names]
     assert len(maps) == 1, f"the Deployment mounts ConfigMap(s) {names}; rendered {len(maps)} of them"
@@ -595,7 +357,7 @@ def test_configmap_is_mounted_where_the_server_flags_read(rendered, dockerfile):
     data = _config_map_data(rendered)
     assert sorted(data) == sorted(CONFIG_FLAGS.values())
     mounts = {m["name"]: m["mountPath"] for m in _container(rendered)["volumeMounts"]}
-    volumes = _one(rendered, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    volumes = one(rendered, "Deployment")["spec"]["template"]["spec"]["volumes"]
     (config_volume,) = [v["name"] for v in volumes if "configMap" in v]
     for flag, file_name in CONFIG_FLAGS.items():
         assert f"{mounts[config_volume]}/{file_name}" == flags[flag], (
@@ -620,10 +382,10 @@ def test_rendered_configs_parse_and_serve_the_model(rendered, model_name):
 def test_ports_and_service_agree_with_the_image(rendered):
     ports = {p["name"]: p["containerPort"] for p in _container(rendered)["ports"]}
     assert ports == {"grpc": GRPC_PORT, "http": REST_PORT}
-    service = _one(rendered, "Service")
+    service = one(rendered, "Service")
     service_ports = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}
     assert service_ports == {GRPC_PORT: "grpc", REST_PORT: "http"}
-    pod_labels = _one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = one(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
 
 
@@ -636,7 +398,7 @@ def test_probes_ask_for_the_model_status_url(rendered, model_name):
 
 
 def test_prometheus_annotations_match_the_monitoring_config(rendered):
-    annotations = _one(rendered, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = one(rendered, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     config = text_format.Parse(_config_map_data(rendered)["monitoring.config"], MonitoringConfig())
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(REST_PORT)
@@ -644,18 +406,13 @@ def test_prometheus_annotations_match_the_monitoring_config(rendered):
 
 
 def test_pod_runs_as_the_image_user_without_privileges(rendered, dockerfile):
-    pod = _one(rendered, "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    pod = one(rendered, "Deployment")["spec"]["template"]["spec"]["securityContext"]
     uid = int(dockerfile.users[-1].partition(":")[0])
     assert pod["runAsNonRoot"] is True and pod["runAsUser"] == uid
     container = _container(rendered)["securityContext"]
     assert container["allowPrivilegeEscalation"] is False
     assert container["readOnlyRootFilesystem"] is True
     assert container["capabilities"]["drop"] == ["ALL"]
-
-
-def _cpus(quantity: str | int) -> float:
-    text = str(quantity)
-    return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 def test_thread_counts_follow_the_cpu_limit(rendered):
@@ -665,8 +422,8 @@ def test_thread_counts_follow_the_cpu_limit(rendered):
         assert kind in resources["requests"] and kind in resources["limits"], (
             f"set {kind} requests and limits"
         )
-    limit = _cpus(resources["limits"]["cpu"])
-    assert _cpus(resources["requests"]["cpu"]) <= limit
+    limit = cpus(resources["limits"]["cpu"])
+    assert cpus(resources["requests"]["cpu"]) <= limit
     args = dict(a[2:].partition("=")[::2] for a in container.get("args", []))
     batching = text_format.Parse(_config_map_data(rendered)["batching.config"], BatchingParameters())
     assert batching.num_batch_threads.value == limit, "one batch thread per CPU of the limit"
@@ -674,18 +431,62 @@ def test_thread_counts_follow_the_cpu_limit(rendered):
     assert int(args["tensorflow_inter_op_parallelism"]) == limit
 
 
+def _pre_stop_sleep(container) -> tuple[str, float]:
+    """The preStop hook's binary and how long it sleeps."""
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert len(command) == 2 and command[0].endswith("/sleep"), (
+        f"preStop should be a plain sleep, found {command}"
+    )
+    return command[0], float(command[1])
+
+
+def _server_drain_grace_s() -> float | None:
+    """The default of the server's drain-grace flag in seconds (None while it has none)."""
+    from serving.flags import ServerOptions
+
+    (field, *others) = [f for f in dataclasses.fields(ServerOptions) if "grace" in f.name] or [None]
+    if field is None:
+        return None
+    assert not others, f"more than one grace flag: {[field.name] + [f.name for f in others]}"
+    scale = 1e-3 if field.name.endswith("_ms") else 1e-6 if field.name.endswith("_micros") else 1.0
+    return float(field.default) * scale
+
+
+def test_pre_stop_runs_a_binary_the_image_has(rendered, dockerfile):
+    binary, seconds = _pre_stop_sleep(_container(rendered))
+    # The stock image is Ubuntu with coreutils; the build checks the path the hook runs.
+    build_checks = " ".join(rest for keyword, rest in dockerfile.instructions if keyword == "RUN")
+    assert f"-x {binary}" in build_checks, (
+        f"Dockerfile.serving should fail the build when {binary} is missing"
+    )
+    grace = one(rendered, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == 30, "docs/deployment.md budgets shutdown against 30 s"
+    assert 1 <= seconds < grace, "long enough for endpoint removal, and within the grace period"
+
+
+def test_pre_stop_and_the_server_drain_fit_the_grace_period(rendered):
+    # Kubernetes counts preStop against terminationGracePeriodSeconds, then sends
+    # SIGTERM and kills the container when the period ends: the drain must end first.
+    _, pre_stop = _pre_stop_sleep(_container(rendered))
+    grace = one(rendered, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain = _server_drain_grace_s()
+    if drain is None:
+        pytest.skip("serving/flags.py has no drain-grace flag yet (issue 15 item 4)")
+    assert pre_stop + drain < grace, f"preStop {pre_stop} s + drain {drain} s must stay below {grace} s"
+
+
 def test_autoscaler_and_disruption_budget_fit_the_deployment(rendered):
-    deployment = _one(rendered, "Deployment")
+    deployment = one(rendered, "Deployment")
     assert "replicas" not in deployment["spec"], "the HorizontalPodAutoscaler owns the replica count"
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    hpa = _one(rendered, "HorizontalPodAutoscaler")
+    hpa = one(rendered, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "name": deployment["metadata"]["name"],
     }
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    pdb = _one(rendered, "PodDisruptionBudget")
+    pdb = one(rendered, "PodDisruptionBudget")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     # A budget the autoscaler's minimum can always satisfy, so drains never hang.
