@@ -1,21 +1,26 @@
-"""Batch-scoring benchmark: `textserve score` end to end against the in-process ceiling.
+"""Batch-scoring benchmark: `textserve score` end to end against the in-process rate of the same model.
 
     python benchmarks/bench_scoring.py --data ../shared/data/bbc --workdir /tmp/bench_scoring
 
-For each architecture (bilstm, tfidf), trained on the BBC folder unless
-`--model-ARCH` points to an export:
+One run covers issue 9's table: for each architecture (bilstm, tfidf; trained
+on the BBC folder unless `--model-ARCH` points to an export), each input
+format (JSON Lines, Parquet) and each size (50,000 and 500,000 documents, the
+BBC articles repeated with ids and labels):
 
-* ceiling: `serving_default` called in this process on pre-built string
-  batches of the 50,000-document corpus (BBC repeated), at the best batch
-  size of a sweep; nothing else is timed;
-* end to end: `textserve score corpus.jsonl --model ... --output ...` in a
-  subprocess, reading JSON Lines and writing JSON Lines; its summary's
-  docs/s covers reading + predicting + writing (model loading and the count
-  pass are reported separately as wall time);
-* memory: peak resident memory of the scorer (tfidf) at 50,000 and 500,000
-  documents, from `getrusage(RUSAGE_CHILDREN)` of a fresh wrapper process.
+* in-process: `serving_default` called in this process on pre-built string
+  batches of the same documents, at the best batch size of a sweep; nothing
+  else is timed. This is the rate `score` is measured against;
+* `textserve score` in a fresh process, reading the corpus and writing JSON
+  Lines at that batch size. Its summary's `docs_per_second` covers reading,
+  predicting and writing (start-up — TensorFlow import, model load and the
+  count pass — subtracted; `wall` includes it). Peak RSS of the scorer comes
+  from `getrusage(RUSAGE_CHILDREN)` of a wrapper process;
+* reader alone: the same job in this process with the model replaced by a
+  no-op that answers a constant, so the headroom left for the model shows;
+* CPU per document of the scorer (user + system seconds / documents), a
+  figure that stays meaningful on a busy machine.
 
-Prints a Markdown table (paste it into benchmarks/README.md).
+Prints a Markdown table and writes `results.json` in the work directory.
 """
 
 from __future__ import annotations
@@ -23,63 +28,79 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 SWEEP_DOCS = 4000  # documents per batch size in the sweep
+TARGETS = {"bilstm": 0.9, "tfidf": 0.8}  # issue 9: score / in-process at the best batch size
 
 
-def write_corpus(bbc: Path, path: Path, count: int) -> Path:
-    """Writes `count` JSONL documents: the BBC articles repeated, with ids and labels."""
+def bbc_documents(bbc: Path) -> list[tuple[str, str]]:
+    """(label, text) of every BBC article, decoded as the readers decode them (latin-1 fallback)."""
+    from pipeline.readers import read_folder
+
+    return [(record.label or "", record.text or "") for record in read_folder(bbc, "latin-1")]
+
+
+def write_corpus(docs: list[tuple[str, str]], path: Path, count: int) -> Path:
+    """Writes `count` documents (BBC repeated, ids doc0...) as JSON Lines or Parquet, once."""
     if path.exists():
         return path
-    docs = [(p.parent.name, p.read_bytes().decode("utf-8", "replace")) for p in sorted(bbc.glob("*/*.txt"))]
-    with open(path, "wb") as handle:
-        for i in range(count):
-            label, text = docs[i % len(docs)]
-            handle.write(orjson.dumps({"id": f"doc{i}", "text": text, "label": label}) + b"\n")
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".jsonl":
+        with open(tmp, "wb") as handle:
+            for i in range(count):
+                label, text = docs[i % len(docs)]
+                handle.write(orjson.dumps({"id": f"doc{i}", "text": text, "label": label}) + b"\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.string())])
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for start in range(0, count, 50_000):
+                rows = range(start, min(count, start + 50_000))
+                writer.write_table(
+                    pa.table(
+                        {
+                            "id": [f"doc{i}" for i in rows],
+                            "text": [docs[i % len(docs)][1] for i in rows],
+                            "label": [docs[i % len(docs)][0] for i in rows],
+                        },
+                        schema=schema,
+                    )
+                )
+    os.replace(tmp, path)
     return path
 
 
 def train(bbc: Path, arch: str, workdir: Path) -> Path:
+    """Trains one architecture with the project CLI (once per work directory); returns its export."""
     run = workdir / f"run_{arch}"
     if not (run / "export").is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "train",
-                "--data",
-                str(bbc),
-                "--out",
-                str(run),
-                "--set",
-                f"model.arch={arch}",
-                "--quiet",
-            ],
-            check=True,
-        )
+        command = [sys.executable, "-m", "pipeline.cli", "train", "--data", str(bbc), "--out", str(run)]
+        subprocess.run([*command, "--set", f"model.arch={arch}", "--quiet"], check=True)
     return run / "export"
 
 
-def ceiling(model_dir: Path, corpus: Path) -> tuple[int, float, dict]:
-    """Best in-process throughput (docs/s) over the batch-size sweep, then on the whole corpus."""
+def in_process_rate(model_dir: Path, texts: list[str]) -> tuple[int, float, dict[int, float]]:
+    """Best in-process docs/s over the batch-size sweep, then on all of `texts` at that size."""
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401
+    import tensorflow_text  # noqa: F401  (registers the graph's text ops)
 
     from model.export import resolve_version_dir
 
     predict = tf.saved_model.load(str(resolve_version_dir(model_dir))).signatures["serving_default"]
-    texts = [orjson.loads(line)["text"] for line in open(corpus, "rb")]
     sweep = {}
     for size in BATCH_SIZES:
-        batches = [tf.constant(texts[i : i + size]) for i in range(0, SWEEP_DOCS, size)]
+        batches = [tf.constant(texts[i : i + size]) for i in range(0, min(SWEEP_DOCS, len(texts)), size)]
         predict(text=batches[0])
         started = time.perf_counter()
         for batch in batches:
@@ -93,39 +114,72 @@ def ceiling(model_dir: Path, corpus: Path) -> tuple[int, float, dict]:
     return best, len(texts) / (time.perf_counter() - started), sweep
 
 
-def score(model_dir: Path, corpus: Path, out: Path, batch_size: int) -> tuple[dict, float, int]:
-    """Runs `textserve score` in a fresh wrapper process; returns (summary, wall seconds, peak RSS KiB)."""
-    wrapper = (
-        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "score",
-        str(corpus),
-        "--model",
-        str(model_dir),
-        "--output",
-        str(out),
-        "--batch-size",
-        str(batch_size),
-        "--overwrite",
-        "--no-progress",
-    ]
+_WRAPPER = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_maxrss, r.ru_utime + r.ru_stime)"
+)
+
+
+def score(model_dir: Path, corpus: Path, out: Path, batch_size: int) -> dict:
+    """`textserve score` in a fresh process: summary rate, wall time, peak RSS and CPU seconds."""
+    command = [sys.executable, "-m", "pipeline.cli", "score", str(corpus), "--model", str(model_dir)]
+    command += ["--output", str(out), "--batch-size", str(batch_size), "--overwrite", "--no-progress"]
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", wrapper, *command],
+        [sys.executable, "-c", _WRAPPER, *command],
         check=True,
         capture_output=True,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     wall = time.perf_counter() - started
-    peak_kib = int(done.stdout.strip().splitlines()[-1])
+    peak_kib, cpu_s = done.stdout.strip().splitlines()[-1].split()
     summary = json.loads(out.with_name(out.name.removesuffix(".jsonl") + ".summary.json").read_text())
-    return summary, wall, peak_kib
+    return {
+        "docs_per_second": summary["docs_per_second"],
+        "scoring_seconds": summary["scoring_seconds"],
+        "wall_seconds": wall,
+        "peak_rss_mib": int(peak_kib) / 1024,
+        "cpu_ms_per_doc": float(cpu_s) * 1000 / summary["read"],
+        "read": summary["read"],
+        "errored": summary["errored"],
+    }
+
+
+class NoOpPredictor:
+    """Answers every batch with a constant, so a run measures reading, routing and writing alone."""
+
+    concurrency = 1
+    description = "no-op model"
+
+    def __init__(self, label_names: list[str]):
+        self.label_names = label_names
+
+    def predict(self, texts) -> dict[str, np.ndarray]:
+        n = len(texts)
+        width = len(self.label_names)
+        return {
+            "label": np.full(n, self.label_names[0].encode(), dtype=object),
+            "score": np.ones(n, np.float32),
+            "probabilities": np.full((n, width), 1.0 / width, np.float32),
+        }
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def reader_alone(corpus: Path, out: Path, batch_size: int, label_names: list[str]) -> dict:
+    """The scoring job in this process with `NoOpPredictor`: docs/s and CPU ms per document."""
+    from pipeline.config import load_config
+    from pipeline.scoring.job import ScoreJob, run_scoring
+
+    config = load_config(None, [f"score.batch_size={batch_size}"])
+    job = ScoreJob((str(corpus),), str(out), config, model="(no-op)", overwrite=True, progress=False)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    summary = run_scoring(job, log=lambda _line: None, predictor=NoOpPredictor(label_names))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"docs_per_second": summary["docs_per_second"], "cpu_ms_per_doc": cpu * 1000 / summary["read"]}
 
 
 def main() -> int:
@@ -136,50 +190,75 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_scoring"))
     parser.add_argument("--model-bilstm", type=Path, help="existing bilstm export (skip training)")
     parser.add_argument("--model-tfidf", type=Path, help="existing tfidf export (skip training)")
-    parser.add_argument("--docs", type=int, default=50_000)
-    parser.add_argument("--memory-docs", type=int, default=500_000)
+    parser.add_argument("--sizes", default="50000,500000", help="corpus sizes, comma-separated")
+    parser.add_argument("--formats", default="jsonl,parquet", help="input formats, comma-separated")
+    parser.add_argument("--archs", default="bilstm,tfidf", help="architectures, comma-separated")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    corpus = write_corpus(args.data, args.workdir / f"bbc_{args.docs}.jsonl", args.docs)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    formats, archs = args.formats.split(","), args.archs.split(",")
 
-    rows = []
-    for arch in ("bilstm", "tfidf"):
+    docs = bbc_documents(args.data)
+    label_names = sorted({label for label, _ in docs})
+    corpora = {
+        (fmt, n): write_corpus(docs, args.workdir / f"bbc_{n}.{fmt}", n) for fmt in formats for n in sizes
+    }
+    texts = [docs[i % len(docs)][1] for i in range(min(sizes))]
+    results: list[dict] = []
+    for arch in archs:
         model_dir = getattr(args, f"model_{arch}") or train(args.data, arch, args.workdir)
-        best, top, sweep = ceiling(model_dir, corpus)
+        best, rate, sweep = in_process_rate(model_dir, texts)
         print(
-            f"{arch}: sweep {', '.join(f'{b}: {v:.0f}' for b, v in sweep.items())} docs/s; "
-            f"ceiling {top:.0f} docs/s at batch {best}",
+            f"{arch}: in-process sweep {', '.join(f'{b}: {v:.0f}' for b, v in sweep.items())} docs/s; "
+            f"best {rate:.0f} docs/s at batch {best}",
             flush=True,
         )
-        summary, wall, peak = score(model_dir, corpus, args.workdir / f"scored_{arch}.jsonl", best)
-        rate = summary["docs_per_second"]
-        rows.append((arch, best, top, rate, args.docs / wall, rate / top, peak))
-        print(
-            f"{arch}: textserve score {rate:.0f} docs/s ({rate / top:.0%} of ceiling), wall {wall:.1f}s, "
-            f"peak RSS {peak / 1024:.0f} MiB",
-            flush=True,
-        )
-
-    big = write_corpus(args.data, args.workdir / f"bbc_{args.memory_docs}.jsonl", args.memory_docs)
-    tfidf_dir = args.model_tfidf or train(args.data, "tfidf", args.workdir)
-    best_tfidf = rows[1][1]
-    _, _, small_peak = score(tfidf_dir, corpus, args.workdir / "mem_small.jsonl", best_tfidf)
-    _, big_wall, big_peak = score(tfidf_dir, big, args.workdir / "mem_big.jsonl", best_tfidf)
-
-    print(
-        "\n| model | best batch | ceiling (docs/s) | `textserve score` (docs/s) | incl. load + count (docs/s) "
-        "| % of ceiling | peak RSS |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for arch, best, top, rate, wall_rate, ratio, peak in rows:
-        print(
-            f"| {arch} | {best} | {top:.0f} | {rate:.0f} | {wall_rate:.0f} | {ratio:.0%} | {peak / 1024:.0f} MiB |"
-        )
-    print(
-        f"\n| documents (tfidf) | peak RSS |\n|---|---|\n| {args.docs:,} | {small_peak / 1024:.0f} MiB |\n"
-        f"| {args.memory_docs:,} | {big_peak / 1024:.0f} MiB ({big_peak / small_peak:.2f}×, {big_wall:.0f}s) |"
-    )
+        for (fmt, n), corpus in corpora.items():
+            run = score(model_dir, corpus, args.workdir / f"scored_{arch}_{fmt}_{n}.jsonl", best)
+            alone = reader_alone(corpus, args.workdir / f"noop_{fmt}_{n}.jsonl", best, label_names)
+            row = {"arch": arch, "format": fmt, "documents": n, "batch": best, "in_process": rate, **run}
+            row["reader_alone"] = alone["docs_per_second"]
+            row["reader_cpu_ms_per_doc"] = alone["cpu_ms_per_doc"]
+            row["ratio"] = run["docs_per_second"] / rate
+            results.append(row)
+            print(
+                f"{arch} {fmt} {n}: score {run['docs_per_second']:.0f} docs/s ({row['ratio']:.2f}x), "
+                f"reader alone {alone['docs_per_second']:.0f} docs/s, peak RSS {run['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    (args.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
     return 0
+
+
+def print_table(results: list[dict]) -> None:
+    """The Markdown tables for benchmarks/README.md: rates and ratios, then memory against size."""
+    print(
+        "\n| model | input | documents | batch | in-process (docs/s) | `score` (docs/s) | ratio | target "
+        "| reader alone (docs/s) | `score` CPU ms/doc | reader CPU ms/doc | wall (s) | peak RSS |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['arch']} | {r['format']} | {r['documents']:,} | {r['batch']} | {r['in_process']:.0f} "
+            f"| {r['docs_per_second']:.0f} | {r['ratio']:.2f}× | ≥ {TARGETS.get(r['arch'], 0):.1f}× "
+            f"| {r['reader_alone']:.0f} | {r['cpu_ms_per_doc']:.2f} | {r['reader_cpu_ms_per_doc']:.3f} "
+            f"| {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} MiB |"
+        )
+    by_size: dict[tuple[str, str], dict[int, float]] = {}
+    for r in results:
+        by_size.setdefault((r["arch"], r["format"]), {})[r["documents"]] = r["peak_rss_mib"]
+    sizes = sorted({r["documents"] for r in results})
+    if len(sizes) > 1:
+        print(
+            "\n| model | input | "
+            + " | ".join(f"peak RSS at {n:,}" for n in sizes)
+            + " | largest / smallest |"
+        )
+        print("|---|---|" + "---:|" * (len(sizes) + 1))
+        for (arch, fmt), peaks in by_size.items():
+            cells = " | ".join(f"{peaks[n]:.0f} MiB" for n in sizes)
+            print(f"| {arch} | {fmt} | {cells} | {peaks[sizes[-1]] / peaks[sizes[0]]:.2f}× |")
 
 
 if __name__ == "__main__":

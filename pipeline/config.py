@@ -13,6 +13,8 @@ The key names below are a public interface: other commands and users' scripts
 set them (`data.format`, `data.text_column`, `data.label_column`, `split.seed`,
 `preprocessing.max_tokens`, `preprocessing.sequence_length`,
 `preprocessing.stopwords`, `model.arch`, `train.epochs`, `train.batch_size`).
+`train`, `evaluate` and `score` read documents with the same `[data]` section;
+`score` takes its job settings from `[score]`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ __all__ = [
     "valid_keys",
 ]
 
-DATA_FORMATS = ("auto", "folder", "csv", "tsv", "jsonl")
+DATA_FORMATS = ("auto", "folder", "text", "csv", "tsv", "jsonl", "tfrecord", "parquet")
+LABEL_CONFLICT_POLICIES = ("error", "drop", "keep_first")
+SCORE_OUTPUT_FORMATS = ("jsonl", "csv", "parquet", "tfrecord")
+SCORE_RUNNERS = ("tfdata", "beam")
 
 # Settings whose best value depends on the architecture. They apply unless the
 # file or a --set gives the key explicitly; the resolved value is what
@@ -83,23 +88,46 @@ ARCH_DEFAULTS = {
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where documents come from and how records are read."""
+    """Where documents come from and how records are read (train, evaluate and score alike).
+
+    The default `label_column` and `id_column` are used where the input has
+    them: `train` needs labels, `score` compares with them when present, and
+    ids fall back to `file:line` (or the path, for class folders).
+    """
 
     format: str = "auto"  # auto: folder for directories, else by file extension
     text_column: tuple[str | int, ...] = ("text",)  # several columns are joined with a space
-    label_column: str | int = "label"
-    id_column: str | int = ""  # "" = derive ids from file and line
+    label_column: str | int = "label"  # "" = none
+    id_column: str | int = "id"  # used when present; "" = always derive ids from file and line
     header: bool = True  # CSV/TSV: first row holds column names
-    fallback_encoding: str = "latin-1"  # for files that are not valid UTF-8 (reported)
+    # Text that is not valid UTF-8 is decoded with this encoding and reported; "" = it is an error.
+    fallback_encoding: str = "latin-1"
+    # CSV/TSV: a quoted field spanning more lines is reported as unterminated (a missing quote).
+    csv_max_field_lines: int = 1000
+    # One text under two labels: stop ("error"), drop every copy ("drop"), or keep the first label.
+    on_label_conflict: str = "error"
 
     def __post_init__(self):
         check_choice("data.format", self.format, DATA_FORMATS)
+        check_choice("data.on_label_conflict", self.on_label_conflict, LABEL_CONFLICT_POLICIES)
         columns = self.text_column
         if isinstance(columns, (str, int)):
             columns = (columns,)
         if not columns:
             raise ValueError("`data.text_column` must name at least one column, received [].")
         object.__setattr__(self, "text_column", tuple(columns))
+        if self.csv_max_field_lines < 1:
+            raise ValueError(
+                f"`data.csv_max_field_lines` must be >= 1, received {self.csv_max_field_lines!r}."
+            )
+        if self.fallback_encoding:
+            try:
+                "".encode(self.fallback_encoding)
+            except LookupError:
+                raise ValueError(
+                    f'`data.fallback_encoding` must be a Python codec name (e.g. latin-1) or "", '
+                    f"received {self.fallback_encoding!r}."
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -198,6 +226,29 @@ class ReleaseConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """Batch scoring (`textserve score`); what to read comes from the [data] section."""
+
+    output_format: str = "jsonl"  # jsonl, csv, parquet or tfrecord
+    batch_size: int = 256  # documents per model call (or per request with --server)
+    num_shards: int = 1
+    probabilities: bool = False  # also write every class's probability as p_<class>
+    concurrency: int = 4  # with --server: requests in flight
+    timeout_s: float = 60.0  # with --server: deadline of one request
+    runner: str = "tfdata"  # tfdata: this machine; beam: an Apache Beam pipeline
+    beam_args: str = ""  # Beam pipeline options, one shell-quoted string
+
+    def __post_init__(self):
+        check_choice("score.output_format", self.output_format, SCORE_OUTPUT_FORMATS)
+        check_choice("score.runner", self.runner, SCORE_RUNNERS)
+        for name in ("batch_size", "num_shards", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`score.{name}` must be >= 1, received {getattr(self, name)!r}.")
+        if self.timeout_s <= 0:
+            raise ValueError(f"`score.timeout_s` must be > 0, received {self.timeout_s!r}.")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Every setting of a run, in sections."""
 
@@ -208,6 +259,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The config as plain TOML-ready values (tuples become lists)."""

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,9 +68,11 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     """Reads, validates and deduplicates labelled documents for training or evaluation.
 
     Args:
-      path: a class-folder directory, a file of any format `pipeline/readers.py`
+      path: a class-folder directory, a file of any format `pipeline/readers`
         reads (optionally .gz), or a quoted glob.
-      config: how to read it.
+      config: how to read it; `on_label_conflict` says what one text under
+        two labels does: stop (`error`), drop every copy (`drop`) or keep the
+        first label (`keep_first`). Both places are listed in the report.
       deduplicate: drop exact duplicates (after whitespace and case folding);
         training does this before splitting so no test document leaks into
         training.
@@ -80,8 +82,9 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
 
     Raises:
       DataError: a structural problem (unreadable file, missing column, bad
-        JSON line, short row), or one text under two labels; the message names
-        the file and line of each place.
+        JSON line, short row, unterminated quote), a repeated id, or (with
+        `on_label_conflict = "error"`) one text under two labels; the message
+        names the file and line of each place.
     """
     ignored: list[str] = []
     report: dict = {
@@ -92,11 +95,72 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
         "empty_text": [],
         "missing_label": [],
         "duplicates": [],
+        "label_conflicts": [],
     }
+    candidates = _labelled_records(read_records(path, config, ignored), report)
+    groups: dict[str, list[Record]] = {}
+    for record in candidates:
+        groups.setdefault(_duplicate_key(record.text or ""), []).append(record)
+    conflicted = {key for key, copies in groups.items() if len({r.label for r in copies}) > 1}
+    if conflicted and config.on_label_conflict == "error":
+        raise DataError(_conflict_message(candidates, groups, conflicted))
+    for key in conflicted:
+        copies = groups[key]
+        report["label_conflicts"].append(
+            {
+                "resolution": "dropped every copy"
+                if config.on_label_conflict == "drop"
+                else "kept the first label",
+                "label_kept": None if config.on_label_conflict == "drop" else copies[0].label,
+                "places": [{"id": r.id, "label": r.label, "where": f"{r.source}:{r.line}"} for r in copies],
+            }
+        )
+
     kept = Dataset([], [], [], report)
-    first_seen: dict[str, tuple[int, Record]] = {}
+    conflict_drops = 0
+    for record in candidates:
+        key = _duplicate_key(record.text or "")
+        first = groups[key][0]
+        if key in conflicted and (config.on_label_conflict == "drop" or record.label != first.label):
+            conflict_drops += 1
+            continue
+        if record is not first and deduplicate:
+            report["duplicates"].append(
+                {"kept": first.id, "dropped": record.id, "where": f"{record.source}:{record.line}"}
+            )
+            continue
+        kept.ids.append(record.id)
+        kept.texts.append(record.text or "")
+        kept.labels.append(record.label or "")
+    if not kept.ids:
+        raise DataError(f"{path}: no usable labelled documents (read {report['records_read']} records).")
+    by_reason = {
+        "empty_text": len(report["empty_text"]),
+        "missing_label": len(report["missing_label"]),
+        "duplicate": len(report["duplicates"]),
+        "label_conflict": conflict_drops,
+    }
+    dropped = sum(by_reason.values())
+    report.update(
+        records_kept=len(kept.ids),
+        records_dropped=dropped,
+        dropped_by_reason=by_reason,
+        classes=dict(sorted(Counter(kept.labels).items())),
+        fingerprint=kept.fingerprint(),
+    )
+    assert report["records_read"] == len(kept.ids) + dropped  # nothing lost silently
+    return kept
+
+
+def _labelled_records(records: Iterator[Record], report: dict) -> list[Record]:
+    """The records with a text and a label, in order; the rest are counted in `report`.
+
+    Raises:
+      DataError: a record with a problem, or an id used twice.
+    """
     seen_ids: dict[str, Record] = {}
-    for record in read_records(path, config, ignored):
+    usable = []
+    for record in records:
         report["records_read"] += 1
         where = f"{record.source}:{record.line}"
         if record.problem:
@@ -118,42 +182,26 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
             )
         if not record.text or not record.text.strip():
             report["empty_text"].append({"id": record.id, "where": where})
-            continue
-        if record.label is None:
+        elif record.label is None:
             report["missing_label"].append({"id": record.id, "where": where})
-            continue
-        key = _duplicate_key(record.text)
-        if key in first_seen:
-            _index, original = first_seen[key]
-            if original.label != record.label:
-                raise DataError(
-                    f"the same text has two labels: {original.label!r} at {original.source}:{original.line} "
-                    f"and {record.label!r} at {where}; fix one of them."
-                )
-            if deduplicate:
-                report["duplicates"].append({"kept": original.id, "dropped": record.id, "where": where})
-                continue
         else:
-            first_seen[key] = (len(kept.ids), record)
-        kept.ids.append(record.id)
-        kept.texts.append(record.text)
-        kept.labels.append(record.label)
-    if not kept.ids:
-        raise DataError(f"{path}: no usable labelled documents (read {report['records_read']} records).")
-    dropped = len(report["empty_text"]) + len(report["missing_label"]) + len(report["duplicates"])
-    report.update(
-        records_kept=len(kept.ids),
-        records_dropped=dropped,
-        dropped_by_reason={
-            "empty_text": len(report["empty_text"]),
-            "missing_label": len(report["missing_label"]),
-            "duplicate": len(report["duplicates"]),
-        },
-        classes=dict(sorted(Counter(kept.labels).items())),
-        fingerprint=kept.fingerprint(),
+            usable.append(record)
+    return usable
+
+
+def _conflict_message(candidates: list[Record], groups: dict[str, list[Record]], conflicted: set[str]) -> str:
+    """The first text (in input order) found under a second label, with both places."""
+    for record in candidates:
+        key = _duplicate_key(record.text or "")
+        original = groups[key][0]
+        if key in conflicted and record.label != original.label:
+            break
+    return (
+        f"the same text has two labels: {original.label!r} at {original.source}:{original.line} "
+        f"and {record.label!r} at {record.source}:{record.line} ({len(conflicted)} such text(s) in all); "
+        f"fix the data, or pass --set data.on_label_conflict=drop (drop every copy) or "
+        f"--set data.on_label_conflict=keep_first (keep the first label)."
     )
-    assert report["records_read"] == len(kept.ids) + dropped  # nothing lost silently
-    return kept
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -238,6 +238,17 @@ def _run_predict(args) -> int:
         model = ExportedModel(args.model)
     except FileNotFoundError as error:
         return fail(str(error))
+    # An empty text still gets a prediction (one output line per input, as TF Serving answers
+    # it), but that prediction means nothing: say so rather than let it look confident.
+    empty = [i + 1 for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        where = "input" if args.texts else "line"
+        print(
+            f"textserve: warning: {where} {', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''} "
+            f"{'is' if len(empty) == 1 else 'are'} empty; the prediction for an empty text only reflects the "
+            f"model's bias",
+            file=sys.stderr,
+        )
     outputs = model.predict(texts, args.batch_size)
     for label, score in zip(outputs.get(names.PREDICTED_LABEL, []), outputs.get(names.SCORE, [])):
         print(f"{label.decode('utf-8')}\t{score:.4f}")

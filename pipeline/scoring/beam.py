@@ -1,35 +1,30 @@
 """The same scoring job as an Apache Beam pipeline, for when one machine is not enough.
 
     textserve score 'feeds/*.jsonl.gz' --model runs/bbc/export --output out/scores.jsonl \\
-        --num-shards 16 --runner beam --beam-args "--runner=DirectRunner --direct_num_workers=2"
+        --num-shards 16 --runner beam --beam-args "--runner=DirectRunner --direct_num_workers=2 \\
+        --direct_running_mode=multi_processing"
 
-Steps: list the inputs → Reshuffle (spread files over workers) → read each file
-with the readers of `pipeline/readers.py` → split records
-that cannot be scored from the rest → RunInference with
-`SavedModelSignatureHandler` (loads the SavedModel with `tf.saved_model.load`
-and calls `serving_default` on batches of raw strings) → encode rows with the
-same encoder as the tf.data path → write `num_shards` shards, plus the errors
-file and the summary. Counters `read`, `scored`, `errored` (namespace
-`textserve.score`) give the summary; read = scored + errored is checked.
+Steps: list the inputs with their first document's position (from the count
+pass) → Reshuffle (spread files over workers) → read each file with the
+readers of `pipeline/readers`, scoring's policy applied (`inputs.apply_policy`)
+→ RunInference with `SavedModelSignatureHandler` (each worker loads the
+SavedModel with `tf.saved_model.load` and calls `serving_default` on batches
+of raw strings) → group by shard → each shard written by one worker with the
+tf.data runner's writers, in input order, committed atomically with its
+counts and error rows → the launcher joins them into the errors file and the
+summary exactly as the tf.data runner does.
+
+Documents go to shards by input position, so the shards are the tf.data
+runner's: the same rows in the same order (predictions may differ in the last
+float bits, since Beam forms its own batches), and `--resume` skips shards an
+earlier run committed (their documents are not even sent to the model).
 
 Beam's stock `TFModelHandlerTensor` loads through `tf.keras.models.load_model`,
-which Keras 3 refuses for SavedModel folders, hence the handler here.
-
-Differences from the tf.data runner: rows are not in input order within a
-shard (Beam does not keep order; join on `id`), and there is no `--resume`
-(the runner retries failed work itself). Inputs and the model must be
-readable from the workers: local paths with the DirectRunner, a shared mount
-with Flink/Spark, `gs://` for the model and output with Dataflow (the
-readers open local files, so stage inputs on a shared filesystem).
-
-Runner options (`--beam-args`):
-
-    DirectRunner (default)   --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
-    Dataflow                 --runner=DataflowRunner --project=PROJECT --region=REGION
-                             --temp_location=gs://BUCKET/tmp --setup_file=./setup.py
-                             --sdk_container_image=IMAGE_WITH_TF_AND_TF_TEXT
-    Flink                    --runner=FlinkRunner --flink_master=HOST:8081 --environment_type=LOOPBACK
-    Spark                    --runner=SparkRunner --spark_master_url=spark://HOST:7077 --environment_type=LOOPBACK
+which Keras 3 refuses for SavedModel folders, hence the handler here. The
+inputs and the output directory must be on a filesystem the launcher and every
+worker see (local paths with the DirectRunner, a shared mount with
+Flink/Spark/Dataflow); the model may be anywhere TensorFlow reads (`gs://`).
+docs/scoring.md has the runner options.
 """
 
 from __future__ import annotations
@@ -37,30 +32,44 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-import orjson
-from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.errors import ScoringError
-from pipeline.readers import InputFile, read_input
-from pipeline.scoring.inputs import record_problem
-from pipeline.scoring.job import ScoreConfig, count_inputs
+from pipeline.config import DataConfig
+from pipeline.errors import RunStopped, ScoringError
+from pipeline.readers import InputFile, read_blocks
+from pipeline.readers.blocks import rows_block
+from pipeline.scoring.inputs import apply_policy
+from pipeline.scoring.job import ScoreJob, inspect_inputs
 from pipeline.scoring.predictors import LocalPredictor
-from pipeline.scoring.shards import OutputPaths
-from pipeline.scoring.writers import OUTPUT_SUFFIX, RowBatch, csv_header, encode_rows
+from pipeline.scoring.shards import (
+    OutputPaths,
+    ShardState,
+    commit_shard,
+    count_into,
+    error_rows,
+    first_pending,
+    job_fingerprint,
+    prepare_outputs,
+    shard_size,
+)
+from pipeline.scoring.summary import finish
+from pipeline.scoring.writers import ShardWriter, scored_table
 from preprocessing import names
 
 _NAMESPACE = "textserve.score"
+_RECORD_FIELDS = ("id", "text", "label", "source", "line", "problem", "fallback")
 
 
 class SavedModelSignatureHandler(ModelHandler[str, PredictionResult, Any]):
     """A RunInference model handler that calls a SavedModel signature on batches of raw strings.
+
+    Pickled to every worker with only its paths; each worker loads the model once.
 
     Args:
       model_path: a SavedModel version directory (local or any TF filesystem, e.g. gs://).
@@ -108,179 +117,186 @@ class SavedModelSignatureHandler(ModelHandler[str, PredictionResult, Any]):
 
 
 class _ReadRecords(beam.DoFn):
-    """One input → its records as plain dicts, with scoring's problem policy applied."""
+    """One input → (shard, record) for every record of a pending shard; problem records tagged `errors`."""
 
-    def __init__(self, config: ScoreConfig):
+    def __init__(self, config: DataConfig, size: int, num_shards: int, done: set[int]):
         self._config = config
-        self._read = Metrics.counter(_NAMESPACE, "read")
-        self._errored = Metrics.counter(_NAMESPACE, "errored")
+        self._size = size
+        self._num_shards = num_shards
+        self._done = set(done)
 
-    def process(self, source: tuple[str, str]) -> Iterator[Any]:
-        from pathlib import Path
+    def process(self, source: tuple[str, str, int]) -> Iterator[Any]:
+        path, fmt, position = source
+        for block in read_blocks(InputFile(Path(path), fmt), self._config):
+            block = apply_policy(block)
+            columns = [block.column(name).to_pylist() for name in _RECORD_FIELDS]
+            for record in zip(*columns):
+                shard = min(position // self._size, self._num_shards - 1)
+                if shard not in self._done:
+                    row = (position, *record)
+                    if record[5] is None:
+                        yield shard, row
+                    else:
+                        yield beam.pvalue.TaggedOutput("errors", (shard, row))
+                position += 1
 
-        data_config = self._config.data_config()
-        for record in read_input(InputFile(Path(source[0]), source[1]), data_config):
-            self._read.inc()
-            problem = record_problem(record, bool(self._config.fallback_encoding))
-            row = {"id": record.id, "source": record.source, "line": record.line}
-            if problem:
-                self._errored.inc()
-                yield beam.pvalue.TaggedOutput("errors", {**row, "reason": problem})
-            else:
-                yield {**row, "text": record.text, "label": record.label}
 
+class _WriteShard(beam.DoFn):
+    """All of one shard's records → its output, error rows and counts, in input order, committed."""
 
-class _EncodeRow(beam.DoFn):
-    """A prediction → one output record (the tf.data writer's encoding)."""
-
-    def __init__(self, output_format: str, prob_keys: Sequence[str]):
+    def __init__(self, paths: OutputPaths, output_format: str, prob_keys: Sequence[str]):
+        self._paths = paths
         self._format = output_format
         self._prob_keys = list(prob_keys)
-        self._scored = Metrics.counter(_NAMESPACE, "scored")
 
-    def process(self, keyed: tuple[dict, PredictionResult]) -> Iterator[bytes]:
-        record: Any
-        record, result = keyed
-        outputs: Any = result.inference
-        self._scored.inc()
-        rows = RowBatch(
-            ids=[record["id"]],
-            labels=[outputs[names.PREDICTED_LABEL].decode("utf-8")],
-            scores=[float(outputs[names.SCORE])],
-            probabilities=np.asarray(outputs[names.PROBABILITIES])[np.newaxis, :]
-            if self._prob_keys
-            else None,
-        )
-        yield from encode_rows(rows, self._format, self._prob_keys)
+    def process(self, grouped: tuple[int, dict[str, list]]) -> Iterator[int]:
+        k, parts = grouped
+        scored = sorted(parts["scored"], key=lambda item: item[0][0])
+        rows = sorted([item[0] for item in scored] + list(parts["errors"]), key=lambda row: row[0])
+        block = rows_block(
+            "",
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+            [r[5] for r in rows],
+            [r[6] for r in rows],
+            [r[7] for r in rows],
+        ).set_column(3, "source", _strings([r[4] for r in rows]))
+        writer = ShardWriter(self._paths.shards[k], self._format, self._prob_keys)
+        state = ShardState()
+        try:
+            predicted = None
+            if scored:
+                outputs = [item[1] for item in scored]
+                table = scored_table(
+                    _strings([item[0][1] for item in scored]),
+                    np.array([o[names.PREDICTED_LABEL] for o in outputs], dtype=object),
+                    np.array([o[names.SCORE] for o in outputs], np.float32),
+                    np.stack([o[names.PROBABILITIES] for o in outputs]) if self._prob_keys else None,
+                    self._prob_keys,
+                )
+                writer.write(table)
+                predicted = table.column(names.PREDICTED_LABEL).combine_chunks()
+            count_into(state, block, predicted)
+            commit_shard(self._paths, k, state, error_rows(block), writer)
+        except BaseException:
+            writer.discard()
+            raise
+        yield k
 
 
-def _write(rows, config: ScoreConfig, paths: OutputPaths, prob_keys: Sequence[str]):
-    """Writes the encoded rows with the same file names as the tf.data runner."""
-    if config.num_shards == 1:
-        prefix, suffix, template = str(paths.shards[0]), "", ""
-    else:
-        first = str(paths.shards[0])
-        prefix, suffix, template = (
-            first[: first.rindex("-00000-of-")],
-            OUTPUT_SUFFIX[config.output_format],
-            "-SSSSS-of-NNNNN",
-        )
-    common: dict[str, Any] = {
-        "file_path_prefix": prefix,
-        "file_name_suffix": suffix,
-        "num_shards": config.num_shards,
-        "shard_name_template": template,
-    }
-    if config.output_format == "tfrecord":
-        return rows | "WriteTFRecord" >> beam.io.WriteToTFRecord(**common)
-    header = csv_header(prob_keys) if config.output_format == "csv" else None
-    return (
-        rows
-        | "AsText" >> beam.Map(lambda record: record.decode("utf-8"))
-        | "WriteText" >> beam.io.WriteToText(header=header, **common)
-    )
+def _strings(values: list) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
 
 
 def build_pipeline(
     pipeline: beam.Pipeline,
-    config: ScoreConfig,
-    sources: Sequence[InputFile],
+    job: ScoreJob,
+    sources: Sequence[tuple[str, str, int]],
     version_dir: str,
-    label_names: Sequence[str],
+    prob_keys: Sequence[str],
     paths: OutputPaths,
+    size: int,
+    done: set[int],
 ) -> None:
     """Adds the scoring steps to `pipeline` (see the module docstring)."""
-    prob_keys = [names.probability_key(label) for label in label_names] if config.probabilities else []
+    score = job.config.score
+    pending = [k for k in range(score.num_shards) if k not in done]
     records = (
         pipeline
-        | "Inputs" >> beam.Create([(str(s.path), s.format) for s in sources])
+        | "Inputs" >> beam.Create(list(sources))
         | "SpreadFiles" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(_ReadRecords(config)).with_outputs("errors", main="records")
+        | "Read"
+        >> beam.ParDo(_ReadRecords(job.config.data, size, score.num_shards, done)).with_outputs(
+            "errors", main="records"
+        )
     )
-    handler: Any = KeyedModelHandler(
-        SavedModelSignatureHandler(version_dir, max_batch_size=config.batch_size)
-    )
-    predictions = (
+    handler: Any = KeyedModelHandler(SavedModelSignatureHandler(version_dir, max_batch_size=score.batch_size))
+    scored = (
         records.records
         | "SpreadRecords" >> beam.Reshuffle()
-        | "Key" >> beam.Map(lambda record: (record, record["text"]))
+        | "Key" >> beam.Map(lambda item: ((item[0], item[1]), item[1][2]))
         | "Predict" >> RunInference(handler)
-        | "Encode" >> beam.ParDo(_EncodeRow(config.output_format, prob_keys))
+        | "ByShard" >> beam.Map(lambda keyed: (keyed[0][0], (keyed[0][1], keyed[1].inference)))
     )
-    _write(predictions, config, paths, prob_keys)
+    shards = pipeline | "PendingShards" >> beam.Create([(k, None) for k in pending])
     (
-        records.errors
-        | "ErrorRows" >> beam.Map(lambda row: orjson.dumps(row).decode("utf-8"))
-        | "WriteErrors" >> beam.io.WriteToText(str(paths.errors), num_shards=1, shard_name_template="")
+        {"scored": scored, "errors": records.errors, "shard": shards}
+        | "GroupByShard" >> beam.CoGroupByKey()
+        | "WriteShards" >> beam.ParDo(_WriteShard(paths, score.output_format, prob_keys))
     )
 
 
-def run_beam_scoring(config: ScoreConfig, beam_args: str = "", log=print) -> dict:
+def run_beam_scoring(job: ScoreJob, log=print) -> dict:
     """Runs the scoring job on Beam and returns the summary (also written to `<base>.summary.json`).
 
     The inputs are counted and the model loaded once at launch, so unreadable
     inputs and invalid models fail before a pipeline is submitted.
 
     Args:
-      config: the job (`server` and `resume` are not supported here).
-      beam_args: Beam pipeline options as one shell-quoted string.
+      job: the job (`--server` is not supported here); its `score.beam_args`
+        are the Beam pipeline options.
+      log: where the start and summary lines go.
 
     Raises:
-      ScoringError: at launch (inputs, model, options), or when the counters
-        do not add up after the run.
+      ScoringError: at launch (inputs, model, options, existing outputs), or
+        when the shards' counts do not add up after the run.
     """
-    if config.server:
+    if job.server:
         raise ScoringError(
             "--runner beam loads the model on the workers; drop --server (or use --runner tfdata)."
         )
-    if config.resume:
-        raise ScoringError("--resume is for the tf.data runner; a Beam runner retries failed work itself.")
     started = time.monotonic()
-    paths = config.paths()
-    existing = [p for p in (*paths.shards, paths.errors, paths.summary) if p.exists()]
-    if existing and not config.overwrite:
-        raise ScoringError(f"{existing[0]} already exists; pass --overwrite to replace it.")
-    sources, counts = count_inputs(config)
+    score = job.config.score
+    try:
+        paths = job.paths()
+    except ValueError as error:
+        raise ScoringError(str(error)) from error
+    inputs, infos = inspect_inputs(job)
+    counts = [info.count for info in infos]
     total = sum(counts)
-    model = LocalPredictor(config.model)  # fails at launch on an invalid model
-    label_names, version_dir = model.label_names, str(model.model.version_dir)
+    model = LocalPredictor(job.model)  # fails at launch on an invalid model
+    label_names, version_dir = model.label_names, str(model.version_dir)
     del model
-    options = PipelineOptions(shlex.split(beam_args))
+    fingerprint = job_fingerprint(inputs, total, version_dir, job.resume_options())
+    done = prepare_outputs(paths, score.num_shards, fingerprint, resume=job.resume, overwrite=job.overwrite)
+    size = shard_size(total, score.num_shards)
+    positions = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist() if counts else []
+    sources = [(str(s.path), s.format, p) for s, p in zip(inputs, positions)]
     log(
-        f"scoring {total} documents from {len(sources)} input(s) with {version_dir} on Beam "
-        f"({beam_args or 'DirectRunner'})"
+        f"scoring {total} documents from {len(inputs)} input(s) with {version_dir} on Beam "
+        f"({score.beam_args or 'DirectRunner'})"
+        + (f"; resuming, {len(done)} of {score.num_shards} shards already done" if done else "")
     )
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config, sources, version_dir, label_names, paths)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = {
-        name: sum(
-            c.committed or 0
-            for c in result.metrics().query(MetricsFilter().with_namespace(_NAMESPACE).with_name(name))[
-                "counters"
-            ]
-        )
-        for name in ("read", "scored", "errored")
-    }
-    seconds = time.monotonic() - started
-    if counters["read"] != counters["scored"] + counters["errored"] or counters["read"] != total:
-        raise ScoringError(f"Beam counters do not add up: counted {total}, {counters}.")
-    summary = {
-        "runner": "beam",
-        "inputs": list(config.inputs),
-        "documents_counted": total,
-        **counters,
-        "seconds": round(seconds, 3),
-        "docs_per_second": round(total / seconds, 1) if seconds else 0.0,
-        "outputs": [str(p) for p in paths.shards],
-        "errors_file": str(paths.errors),
-    }
-    paths.summary.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-    log(
-        f"read {counters['read']} = scored {counters['scored']} + errored {counters['errored']} in {seconds:.1f}s\n"
-        f"output: {paths.shards[0]}"
-        + (f" ... ({config.num_shards} shards)" if config.num_shards > 1 else "")
-        + f"\nerrors: {paths.errors}"
+    prob_keys = [names.probability_key(label) for label in label_names] if score.probabilities else []
+    scoring_started = time.monotonic()
+    if first_pending(done, score.num_shards) < score.num_shards:
+        pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(score.beam_args)))
+        build_pipeline(pipeline, job, sources, version_dir, prob_keys, paths, size, done)
+        try:
+            pipeline.run().wait_until_finish()
+        except Exception as error:  # the runner's own wrapping of a worker failure; its text says what failed
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RunStopped(f"the Beam pipeline failed: {first_line[:2000]}") from error
+    scoring_seconds = time.monotonic() - scoring_started
+    missing = [k for k in range(score.num_shards) if not paths.shard_state(k)[1].is_file()]
+    if missing:
+        raise ScoringError(f"the Beam run ended without committing shard(s) {missing}; rerun with --resume.")
+    stats = {k: ShardState.load(paths.shard_state(k)[1]) for k in range(score.num_shards)}
+    this_run = sum(stats[k].read for k in range(score.num_shards) if k not in done)
+    return finish(
+        job,
+        paths,
+        stats,
+        infos,
+        this_run=this_run,
+        seconds=time.monotonic() - started,
+        scoring_seconds=scoring_seconds,
+        total=total,
+        label_names=label_names,
+        ignored=[],
+        log=log,
+        runner="beam",
     )
-    return summary

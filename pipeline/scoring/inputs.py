@@ -1,119 +1,139 @@
-"""The reading half of a scoring job: records of every input as a tf.data stream of batches.
+"""The reading half of a scoring job: every input's records as batches for the model, in order.
 
-The readers are `pipeline/readers.py`'s; this module adds scoring's policy
-(`record_problem`: which records become rows of the errors file) and turns the
-records into column batches that tf.data carries to the model.
+The readers are `pipeline/readers`'s; this module adds scoring's policy (an
+empty text cannot be scored: it becomes a row of the errors file, like every
+record the reader marked with a problem) and cuts the stream into batches of
+`batch_size` that never straddle a shard boundary. Batches therefore have the
+same composition in a clean run and in a `--resume`d one, which keeps resumed
+shards byte-identical.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import DataConfig
-from pipeline.readers import InputFile, Record, read_input
+from pipeline.errors import DataError
+from pipeline.readers import InputFile, read_blocks
 
-# Records per element handed from a Python reader to tf.data: per-element
-# overhead of `from_generator` is tens of microseconds, so records travel in chunks.
-_READER_CHUNK = 256
-_FIELDS = ("id", "text", "label", "source", "problem")
+EMPTY_TEXT = "empty text (nothing to score)"
 
 
-def record_problem(record: Record, fallback_allowed: bool) -> str | None:
-    """Scoring's policy: why a record cannot be scored, or None."""
-    if record.problem:
-        return record.problem
-    if record.fallback_encoding and not fallback_allowed:
-        return "text is not valid UTF-8 (pass --fallback-encoding ENC to decode such text, e.g. latin-1)"
-    if record.text is None:
-        return "no text"
-    if not record.text.strip():
-        return "empty text"
-    return None
+@dataclass(frozen=True)
+class ScoreBatch:
+    """Records on their way to the model.
+
+    Attributes:
+      position: input position of the first record (0-based, over all inputs).
+      records: a block (`pipeline.readers.BLOCK_SCHEMA`) with scoring's policy
+        applied: `problem` is set on every record that is not scored.
+      skip: the batch belongs to a shard an earlier run completed: it is
+        neither predicted nor written.
+    """
+
+    position: int
+    records: pa.RecordBatch
+    skip: bool = False
+
+    def scored_texts(self) -> pa.Array:
+        """The texts of the records to score, in order."""
+        return self.records.filter(pc.is_null(self.records.column("problem"))).column("text")
 
 
-def _encode(value: str | None) -> bytes:
-    return b"" if value is None else value.encode("utf-8", errors="surrogateescape")
+def apply_policy(block: pa.RecordBatch) -> pa.RecordBatch:
+    """Marks records whose text is empty (or only whitespace) with a problem: there is nothing to score."""
+    problems = block.column("problem")
+    empty = pc.and_(pc.is_null(problems), pc.equal(pc.utf8_trim_whitespace(block.column("text")), ""))
+    if not pc.any(empty).as_py():
+        return block
+    problems = pc.if_else(empty, pa.scalar(EMPTY_TEXT, pa.string()), problems)
+    return block.set_column(block.schema.get_field_index("problem"), "problem", problems)
 
 
-def _chunked_records(
-    source: InputFile, config: DataConfig, fallback_allowed: bool, ignored: list[str]
-) -> Iterator[dict[str, np.ndarray]]:
-    """Groups one input's records into column arrays of up to _READER_CHUNK for tf.data."""
-    columns: dict[str, list] = {key: [] for key in (*_FIELDS, "line")}
-    for record in read_input(source, config, ignored):
-        problem = record_problem(record, fallback_allowed)
-        columns["id"].append(_encode(record.id))
-        columns["text"].append(b"" if problem else _encode(record.text))
-        columns["label"].append(_encode(record.label))
-        columns["source"].append(_encode(record.source))
-        columns["problem"].append(_encode(problem))
-        columns["line"].append(record.line)
-        if len(columns["id"]) == _READER_CHUNK:
-            yield {
-                key: np.array(values, dtype=object if key != "line" else np.int64)
-                for key, values in columns.items()
-            }
-            columns = {key: [] for key in columns}
-    if columns["id"]:
-        yield {
-            key: np.array(values, dtype=object if key != "line" else np.int64)
-            for key, values in columns.items()
-        }
-
-
-def record_batches(
+def score_batches(
     sources: Sequence[InputFile],
-    data_config: DataConfig,
+    counts: Sequence[int],
+    config: DataConfig,
     *,
+    start: int,
     batch_size: int,
-    fallback_allowed: bool,
-    reader_parallelism: int = 4,
-    skip: int = 0,
+    shard_size: int,
+    done: set[int],
     ignored: list[str] | None = None,
-):
-    """A `tf.data.Dataset` of record batches over every input.
-
-    Files are interleaved deterministically, so the order (and therefore every
-    document's shard) is the same on every run.
+) -> Iterator[ScoreBatch]:
+    """Yields the inputs' records from position `start` on, in batches cut at shard boundaries.
 
     Args:
       sources: the resolved inputs.
-      data_config: how to read them.
-      batch_size: records per batch.
-      fallback_allowed: text decoded with the fallback encoding is scored
-        (else it is an error row).
-      reader_parallelism: files read at once.
-      skip: documents at the start to leave out (already scored shards).
-      ignored: receives top-level files skipped in class-folder inputs.
+      counts: their record counts from the count pass (files before `start`
+        are not opened at all).
+      config: the [data] section.
+      start: the first position to read (the end of the shards already done).
+      batch_size: most records per batch.
+      shard_size: records per shard; no batch crosses a multiple of it.
+      done: shards completed earlier; their batches come with `skip`.
+      ignored: receives the top-level files of class-folder inputs.
 
-    Returns:
-      A dataset of dicts with `id`, `text`, `label`, `source`, `problem`
-      (string `[B]`) and `line` (int64 `[B]`); `text` is empty for problem records.
+    Raises:
+      DataError: an input that cannot be read any more, or that holds a
+        different number of records than when it was counted.
     """
-    import tensorflow as tf
+    cutter = _BatchCutter(start, batch_size, shard_size, done)
+    position = 0
+    for source, count in zip(sources, counts):
+        if position + count <= start:
+            position += count
+            continue
+        read = 0
+        for block in read_blocks(source, config, ignored=ignored):
+            read += block.num_rows
+            if position < start:
+                dropped = min(start - position, block.num_rows)
+                block, position = block.slice(dropped), position + dropped
+            if block.num_rows:
+                position += block.num_rows
+                yield from cutter.add(apply_policy(block))
+        if read != count:
+            raise DataError(
+                f"{source.path}: holds {read} records now but held {count} when the job counted its "
+                f"inputs; it changed during the run"
+            )
+    yield from cutter.flush()
 
-    ignored = ignored if ignored is not None else []
-    spec = {key: tf.TensorSpec([None], tf.string) for key in _FIELDS}
-    spec["line"] = tf.TensorSpec([None], tf.int64)
 
-    def one_file(index):
-        return tf.data.Dataset.from_generator(
-            lambda i: _chunked_records(sources[int(i)], data_config, fallback_allowed, ignored),
-            args=(index,),
-            output_signature=spec,
-        )
+class _BatchCutter:
+    """Re-cuts blocks into batches of `batch_size`, never across a multiple of `shard_size`."""
 
-    files = tf.data.Dataset.range(len(sources))
-    chunks = files.interleave(
-        one_file,
-        cycle_length=min(len(sources), reader_parallelism),
-        block_length=1,
-        num_parallel_calls=min(len(sources), reader_parallelism),
-        deterministic=True,
-    )
-    records = chunks.unbatch()
-    if skip:
-        records = records.skip(skip)
-    return records.batch(batch_size)
+    def __init__(self, start: int, batch_size: int, shard_size: int, done: set[int]):
+        self.position = start
+        self.batch_size = batch_size
+        self.shard_size = shard_size
+        self.done = done
+        self.pending: list[pa.RecordBatch] = []
+        self.rows = 0
+
+    def _limit(self) -> int:
+        boundary = (self.position // self.shard_size + 1) * self.shard_size
+        return min(self.batch_size, boundary - self.position)
+
+    def add(self, block: pa.RecordBatch) -> Iterator[ScoreBatch]:
+        self.pending.append(block)
+        self.rows += block.num_rows
+        while self.rows >= self._limit():
+            yield self._cut(self._limit())
+
+    def flush(self) -> Iterator[ScoreBatch]:
+        while self.rows:
+            yield self._cut(min(self._limit(), self.rows))
+
+    def _cut(self, n: int) -> ScoreBatch:
+        joined = self.pending[0] if len(self.pending) == 1 else pa.concat_batches(self.pending)
+        batch, rest = joined.slice(0, n), joined.slice(n)
+        self.pending, self.rows = ([rest] if rest.num_rows else []), self.rows - n
+        skip = self.position // self.shard_size in self.done
+        self.position += n
+        return ScoreBatch(self.position - n, batch, skip)

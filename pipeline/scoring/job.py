@@ -1,27 +1,30 @@
-"""One scoring job, start to end: resolve and count the inputs, predict, write shards, summarise.
+"""One scoring job, start to end: check and count the inputs, predict, write shards, summarise.
 
     textserve score 'archive/*.jsonl.gz' --model runs/bbc/export --output scores.jsonl --num-shards 4
 
 The job, in order:
 
-1. Resolve the inputs (files, directories, globs) and count their documents.
-   The count pass opens and reads every file, so an unreadable, truncated or
-   mis-columned input fails the run here, before any output is written. The
-   count also fixes the shard boundaries and gives the progress bar its total.
-2. Read the documents (`inputs.py`) inside a tf.data pipeline and predict them
-   (`predictors.py`: in-process, or through a model server), a few batches in
-   flight, so memory stays flat whatever the input size.
-3. Route each document by its position to one of `num_shards` contiguous
-   shards (`shards.py`). A document that cannot be scored becomes a row of the
-   errors file with its file, line and reason; read = scored + errored always.
-4. Commit each shard atomically; `--resume` skips the completed ones.
+1. Resolve the inputs (files, directories, globs) and count their records
+   (`pipeline/readers`). The count pass reads every byte, so an unreadable,
+   truncated or mis-columned input fails the run here, before any output is
+   written; it also fixes the shard boundaries and the progress bar's total.
+2. Three stages run at once, joined by small bounded queues (memory stays
+   flat whatever the input size): a reader thread turns records into batches
+   (`inputs.py`; Arrow parses with the GIL released), this thread predicts
+   (`predictors.py`; TensorFlow releases it too, or up to `concurrency`
+   requests to a server are in flight), and a writer thread encodes the rows
+   and commits each shard (`shards.py`, `writers.py`).
+3. A record that cannot be scored becomes a row of the errors file with its
+   file, line and reason; read = scored + errored always, and the summary
+   says so.
 
 Output files for `--output scores.jsonl`:
 
     scores.jsonl                           one shard, or with --num-shards 4:
     scores-00000-of-00004.jsonl ...        shards (TF / Beam naming)
     scores.errors.jsonl                    every bad record: source, line, id, reason
-    scores.summary.json                    counts, time, docs/s, accuracy / macro-F1
+    scores.summary.json                    counts, time, docs/s, accuracy / macro-F1, resolved config
+    scores.config.toml                     the resolved [data] and [score] settings of the job
     scores.resume/                         per-shard state for --resume
 
 No text processing happens here: the model's graph does all of it.
@@ -29,330 +32,284 @@ No text processing happens here: the model's graph does all of it.
 
 from __future__ import annotations
 
-import os
-import sys
+import queue
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
-import orjson
+import numpy as np
 
-from pipeline.config import DataConfig
-from pipeline.errors import DataError, ScoringError
-from pipeline.readers import FORMATS, count_records, resolve_inputs
-from pipeline.scoring.inputs import record_batches
-from pipeline.scoring.predictors import LocalPredictor, RemotePredictor
-from pipeline.scoring.shards import OutputPaths, ShardedOutput, job_fingerprint, prepare_outputs
-from pipeline.scoring.writers import OUTPUT_FORMATS, atomic_write_bytes
+from pipeline.errors import DataError, RunStopped, ScoringError
+from pipeline.readers import InputFile, InputInfo, inspect_input, resolve_inputs
+from pipeline.scoring.inputs import ScoreBatch, score_batches
+from pipeline.scoring.predictors import LocalPredictor, Predictor, RemotePredictor
+from pipeline.scoring.shards import ShardedOutput, job_fingerprint, prepare_outputs
+from pipeline.scoring.spec import ScoreJob
+from pipeline.scoring.summary import Progress, finish
+from preprocessing import names
 
-INPUT_FORMATS = ("auto", *FORMATS)
-# Options that may change between a run and its --resume (they do not change any output byte).
-_RESUMABLE_OPTIONS = (
-    "resume",
-    "overwrite",
-    "progress",
-    "concurrency",
-    "timeout_s",
-    "inputs",
-    "batch_size",
-    "reader_parallelism",
-)
+_QUEUE_DEPTH = 4  # batches waiting between two stages: enough to keep each busy, bounded memory
+_POLL_S = 0.1
+_END = object()  # the end of a stage's stream
 
 
-@dataclass(frozen=True)
-class ScoreConfig:
-    """Everything one scoring job needs, built once by `textserve score`.
-
-    Attributes:
-      inputs: files, directories (class-folder layout, or a folder of files) or globs.
-      output: output path; its format suffix, if any, is stripped to name the
-        shards, the errors file and the summary.
-      model: export directory or version directory (in-process scoring).
-      server: `grpc://HOST:PORT` or `http://HOST:PORT` to score through a server instead.
-      model_name: the served model's name (with `server`).
-      input_format: one of INPUT_FORMATS; `auto` picks by extension.
-      output_format: one of OUTPUT_FORMATS.
-      text_column: column(s) / key(s) / feature holding the text; several are joined by a space.
-      id_column: column / key / feature with document ids ("" = `file:line`).
-      label_column: column / key / feature with reference labels ("" = none);
-        the class-folder layout always has them.
-      header: CSV/TSV files start with a header row.
-      fallback_encoding: decode non-UTF-8 text with this encoding instead of
-        reporting it as an error ("" = report).
-      batch_size: documents per `serving_default` call (or per request).
-      num_shards: output shards.
-      probabilities: also write every class's probability, as `p_<class>`.
-      resume: skip shards completed by an earlier run of the same job.
-      overwrite: replace existing outputs of an earlier job.
-      concurrency: requests in flight (with `server`).
-      timeout_s: per-request deadline (with `server`).
-      progress: show a progress bar (None = when stderr is a terminal).
-      reader_parallelism: files read at once by the interleave.
-    """
-
-    inputs: tuple[str, ...]
-    output: str
-    model: str = ""
-    server: str = ""
-    model_name: str = ""
-    input_format: str = "auto"
-    output_format: str = "jsonl"
-    text_column: tuple[str | int, ...] = ("text",)
-    id_column: str | int = ""
-    label_column: str | int = ""
-    header: bool = True
-    fallback_encoding: str = ""
-    batch_size: int = 256
-    num_shards: int = 1
-    probabilities: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    concurrency: int = 4
-    timeout_s: float = 60.0
-    progress: bool | None = None
-    reader_parallelism: int = 4
-
-    def __post_init__(self):
-        if not self.inputs:
-            raise ValueError("`inputs` must name at least one file, directory or glob, received none.")
-        if bool(self.model) == bool(self.server):
-            raise ValueError(
-                f"give exactly one of --model (score in-process) or --server (score through a running "
-                f"server), received model={self.model!r}, server={self.server!r}."
-            )
-        if self.server and not self.model_name:
-            raise ValueError("--server needs --model-name, the name the server serves the model under.")
-        if self.input_format not in INPUT_FORMATS:
-            raise ValueError(
-                f"`input_format` must be one of {list(INPUT_FORMATS)}, received {self.input_format!r}."
-            )
-        if self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(
-                f"`format` must be one of {list(OUTPUT_FORMATS)}, received {self.output_format!r}."
-            )
-        for name in ("batch_size", "num_shards", "concurrency", "reader_parallelism"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, received {getattr(self, name)!r}.")
-        if self.resume and self.overwrite:
-            raise ValueError("--resume continues an earlier job and --overwrite replaces it; give one.")
-        if self.fallback_encoding:
-            try:
-                "".encode(self.fallback_encoding)
-            except LookupError as error:
-                raise ValueError(f"unknown --fallback-encoding {self.fallback_encoding!r}.") from error
-
-    def paths(self) -> OutputPaths:
-        """Where this job's files go."""
-        return OutputPaths.for_output(self.output, self.output_format, self.num_shards)
-
-    def data_config(self) -> DataConfig:
-        """The reading options in the form the shared readers of `pipeline/data.py` take."""
-        return DataConfig(
-            text_column=self.text_column,
-            label_column=self.label_column,
-            id_column=self.id_column,
-            header=self.header,
-            fallback_encoding=self.fallback_encoding or "latin-1",
-        )
-
-
-class _Progress:
-    """A tqdm bar on stderr with docs/s and ETA (off when stderr is not a terminal, unless asked)."""
-
-    def __init__(self, total: int, initial: int, enabled: bool | None):
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=total,
-            initial=initial,
-            unit="doc",
-            unit_scale=True,
-            dynamic_ncols=True,
-            disable=(not enabled) if enabled is not None else None,
-            file=sys.stderr,
-            desc="scoring",
-        )
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _make_predictor(config: ScoreConfig) -> LocalPredictor | RemotePredictor:
-    if config.server:
-        return RemotePredictor(
-            config.server,
-            config.model_name,
-            concurrency=config.concurrency,
-            timeout_s=config.timeout_s,
-            need_label_names=config.probabilities,
-        )
-    return LocalPredictor(config.model)
-
-
-def count_inputs(config: ScoreConfig):
-    """Resolves and counts the inputs (the start-of-run check); returns (sources, counts).
+def inspect_inputs(job: ScoreJob) -> tuple[list[InputFile], list[InputInfo]]:
+    """Resolves and counts the inputs (the start-of-run check).
 
     Raises:
       ScoringError: a missing, unreadable or mis-columned input.
     """
     try:
-        sources = resolve_inputs(config.inputs, config.input_format)
-        data_config = config.data_config()
-        return sources, [count_records(source, data_config) for source in sources]
+        sources = resolve_inputs(job.inputs, job.config.data.format)
+        return sources, [inspect_input(source, job.config.data) for source in sources]
     except DataError as error:
         raise ScoringError(str(error)) from error
 
 
-def run_scoring(config: ScoreConfig, log: Callable[[str], None] = print) -> dict:
+def make_predictor(job: ScoreJob) -> LocalPredictor | RemotePredictor:
+    """The in-process model or the server client the job asks for (checked before anything is written)."""
+    if job.server:
+        score = job.config.score
+        return RemotePredictor(
+            job.server,
+            job.model_name,
+            concurrency=score.concurrency,
+            timeout_s=score.timeout_s,
+            need_label_names=score.probabilities,
+        )
+    return LocalPredictor(job.model)
+
+
+def run_scoring(
+    job: ScoreJob,
+    log: Callable[[str], None] = print,
+    *,
+    predictor: Predictor | None = None,
+) -> dict:
     """Runs a whole scoring job (see the module docstring) and returns its summary.
 
     Args:
-      config: the job.
+      job: the job.
       log: where the start and summary lines go.
+      predictor: predict with this instead of what the job names (the
+        benchmark measures the reader and writer alone with a no-op model).
 
     Returns:
       The summary dict also written to `<base>.summary.json`.
 
     Raises:
       ScoringError: at the start for unreadable inputs, an invalid model or an
-        unreachable server, or existing outputs without --resume/--overwrite;
-        mid-run only for failures that are not about one record (server down,
-        disk full), after which --resume continues.
+        unreachable server, or existing outputs without --resume/--overwrite.
+      RunStopped: mid-run for failures that are not about one record (server
+        down, disk full, an input gone); completed shards are kept and
+        --resume continues.
     """
     started = time.monotonic()
-    paths = config.paths()
-    sources, counts = count_inputs(config)
-    total = sum(counts)
-    predictor = _make_predictor(config)
     try:
-        options = {k: v for k, v in asdict(config).items() if k not in _RESUMABLE_OPTIONS}
-        fingerprint = job_fingerprint(sources, total, predictor.description, options)
+        paths = job.paths()
+    except ValueError as error:
+        raise ScoringError(str(error)) from error
+    sources, infos = inspect_inputs(job)
+    counts = [info.count for info in infos]
+    total = sum(counts)
+    predictor = predictor or make_predictor(job)
+    score = job.config.score
+    try:
+        fingerprint = job_fingerprint(sources, total, predictor.description, job.resume_options())
         done = prepare_outputs(
-            paths, config.num_shards, fingerprint, resume=config.resume, overwrite=config.overwrite
+            paths, score.num_shards, fingerprint, resume=job.resume, overwrite=job.overwrite
         )
         log(
             f"scoring {total} documents from {len(sources)} input(s) with {predictor.description}"
-            + (f"; resuming, {len(done)} of {config.num_shards} shards already done" if done else "")
+            + (f"; resuming, {len(done)} of {score.num_shards} shards already done" if done else "")
         )
-        scoring_started = time.monotonic()
-        output = ShardedOutput(
-            paths, total, done, config.output_format, predictor.label_names, config.probabilities
+        log(_columns_line(infos))
+        prob_keys = (
+            [names.probability_key(label) for label in predictor.label_names] if score.probabilities else []
         )
+        output = ShardedOutput(paths, total, done, score.output_format, prob_keys)
         ignored: list[str] = []
-        progress = _Progress(total, output.start, config.progress)
+        scoring_started = time.monotonic()
+
+        def batches() -> Iterator[ScoreBatch]:
+            return score_batches(
+                sources,
+                counts,
+                job.config.data,
+                start=output.start,
+                batch_size=score.batch_size,
+                shard_size=output.size,
+                done=done,
+                ignored=ignored,
+            )
+
+        progress = Progress(total, output.start, job.progress)
         try:
-            if output.start < total or output.first_pending < config.num_shards:
-                batches = record_batches(
-                    sources,
-                    config.data_config(),
-                    batch_size=config.batch_size,
-                    fallback_allowed=bool(config.fallback_encoding),
-                    reader_parallelism=config.reader_parallelism,
-                    skip=output.start,
-                    ignored=ignored,
-                )
-                for batch, outputs in predictor.predictions(batches):
-                    output.add(batch, outputs)
-                    progress.update(len(batch["id"]))
-            stats = output.finish()
-        except BaseException:
-            output.abort()
-            raise
+            run_stages(batches, predictor, output, progress.update)
         finally:
             progress.close()
-        this_run = output.position - output.start
+        stats = output.finish()
         scoring_seconds = time.monotonic() - scoring_started
     finally:
         predictor.close()
-    return _finish(
-        config,
+    return finish(
+        job,
         paths,
         stats,
-        this_run,
-        time.monotonic() - started,
-        scoring_seconds,
-        total,
-        predictor.label_names,
-        ignored,
-        log,
+        infos,
+        this_run=output.written,
+        seconds=time.monotonic() - started,
+        scoring_seconds=scoring_seconds,
+        total=total,
+        label_names=predictor.label_names,
+        ignored=ignored,
+        log=log,
     )
 
 
-def _finish(
-    config, paths, stats, this_run, seconds, scoring_seconds, total, label_names, ignored, log
-) -> dict:
-    """Joins the shards' error rows and counts into the errors file and the summary."""
-    with open(paths.errors.with_name(f".{paths.errors.name}.partial"), "wb") as out:
-        for k in range(config.num_shards):
-            out.write(paths.shard_state(k)[0].read_bytes())
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(paths.errors.with_name(f".{paths.errors.name}.partial"), paths.errors)
-    read = sum(s.read for s in stats.values())
-    scored = sum(s.scored for s in stats.values())
-    errored = sum(s.errored for s in stats.values())
-    reasons: Counter = Counter()
-    confusion: Counter = Counter()
-    for s in stats.values():
-        reasons.update(s.errors_by_reason)
-        confusion.update(s.confusion)
-    summary = {
-        "inputs": list(config.inputs),
-        "documents_counted": total,
-        "read": read,
-        "scored": scored,
-        "errored": errored,
-        "errors_by_reason": dict(reasons.most_common()),
-        # Top-level files of class-folder inputs (README.TXT): not documents, listed so nothing is hidden.
-        "ignored_files": sorted(set(ignored)),
-        # docs/s covers reading, predicting and writing; `seconds` adds loading and counting.
-        "seconds": round(seconds, 3),
-        "scoring_seconds": round(scoring_seconds, 3),
-        "documents_this_run": this_run,
-        "docs_per_second": round(this_run / scoring_seconds, 1) if scoring_seconds > 0 else 0.0,
-        "outputs": [str(p) for p in paths.shards],
-        "errors_file": str(paths.errors),
-    }
-    if read != scored + errored or read != total:
-        raise ScoringError(
-            f"internal accounting mismatch: counted {total}, read {read}, scored {scored}, errored {errored}; "
-            f"please report this with the inputs."
-        )
-    if confusion:
-        from pipeline.evaluate import classification_metrics
+def _columns_line(infos: list[InputInfo]) -> str:
+    """Says where ids and reference labels come from (the defaults are used only where present)."""
 
-        true, predicted = [], []
-        for key, n in confusion.items():
-            t, p = key.split("\t")
-            true += [t] * n
-            predicted += [p] * n
-        metrics = classification_metrics(true, predicted, label_names)
-        summary["metrics"] = {key: metrics[key] for key in ("count", "accuracy", "macro_f1", "per_class")}
-    atomic_write_bytes(paths.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
-    log(format_summary(summary))
-    return summary
+    def where(found: list[str | None], absent: str) -> str:
+        named = sorted({name for name in found if name})
+        if not named:
+            return absent
+        share = "" if all(found) else f" in {sum(1 for n in found if n)} of {len(found)} inputs"
+        return f"{', '.join(repr(n) for n in named)}{share}"
+
+    ids = where([i.id_column for i in infos], "file:line")
+    labels = where([i.label_column for i in infos], "none (no accuracy in the summary)")
+    return f"ids: {ids}; reference labels: {labels}"
 
 
-def format_summary(summary: dict) -> str:
-    """The end-of-run lines: counts, time and rate, metrics, where the files are."""
-    lines = [
-        f"read {summary['read']} = scored {summary['scored']} + errored {summary['errored']} "
-        f"in {summary['seconds']:.1f}s ({summary['docs_per_second']:.0f} docs/s this run)"
-    ]
-    if summary["errored"]:
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in summary["errors_by_reason"].items())
-        lines.append(f"errors by reason: {reasons}")
-    if "metrics" in summary:
-        m = summary["metrics"]
-        lines.append(
-            f"against the reference labels: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
-            f"({m['count']} labelled documents)"
-        )
-    outputs = summary["outputs"]
-    lines.append(f"output: {outputs[0]}" + (f" ... ({len(outputs)} shards)" if len(outputs) > 1 else ""))
-    lines.append(f"errors: {summary['errors_file']}")
-    return "\n".join(lines)
+# --- The three stages ---------------------------------------------------------------------------
+
+
+def run_stages(
+    batches: Callable[[], Iterator[ScoreBatch]],
+    predictor: Predictor,
+    output: ShardedOutput,
+    on_written: Callable[[int], None],
+) -> None:
+    """Reads (thread), predicts (this thread) and writes (thread) concurrently, in input order.
+
+    Raises:
+      RunStopped: an input became unreadable, the output could not be
+        written, or the server stopped answering; the open shard is discarded.
+      KeyboardInterrupt: likewise discarded, then re-raised.
+    """
+    to_model: queue.Queue = queue.Queue(_QUEUE_DEPTH)
+    to_writer: queue.Queue = queue.Queue(_QUEUE_DEPTH)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for batch in batches():
+                if not _put(to_model, batch, stop):
+                    return
+        except BaseException as error:  # handed to the main thread, which raises it
+            failures.append(error)
+        finally:
+            _put(to_model, _END, stop)
+
+    def write() -> None:
+        try:
+            while (item := _get(to_writer, stop)) is not _END:
+                batch, outputs = item
+                output.add(batch, outputs)
+                on_written(batch.records.num_rows)
+        except BaseException as error:
+            failures.append(error)
+            stop.set()
+
+    reader = threading.Thread(target=read, name="score-read", daemon=True)
+    writer = threading.Thread(target=write, name="score-write", daemon=True)
+    reader.start()
+    writer.start()
+    scored = predictions(predictor, _drain(to_model, stop))
+    try:
+        for item in scored:
+            if not _put(to_writer, item, stop):
+                break
+        _put(to_writer, _END, stop)
+        writer.join()
+    except BaseException:
+        stop.set()
+        writer.join()
+        output.abort()
+        raise
+    finally:
+        stop.set()
+        scored.close()
+        reader.join()
+    if failures:
+        output.abort()
+        raise _stopped(failures[0])
+
+
+def _stopped(error: BaseException) -> BaseException:
+    """A reader or writer failure as the error the user sees."""
+    if isinstance(error, DataError):
+        return RunStopped(f"{error} (it was readable when the job started); restore it, then resume")
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return RunStopped(f"cannot write the output{where}: {error.strerror or error}; free space or fix it")
+    return error
+
+
+def predictions(
+    predictor: Predictor, batches: Iterator[ScoreBatch]
+) -> Generator[tuple[ScoreBatch, dict[str, np.ndarray] | None], None, None]:
+    """(batch, outputs) in input order, with up to `predictor.concurrency` batches predicting at once."""
+
+    def predict(batch: ScoreBatch) -> dict[str, np.ndarray] | None:
+        texts = batch.scored_texts()
+        return predictor.predict(texts) if len(texts) and not batch.skip else None
+
+    if predictor.concurrency == 1:
+        for batch in batches:
+            yield batch, predict(batch)
+        return
+    with ThreadPoolExecutor(predictor.concurrency, thread_name_prefix="score-request") as pool:
+        in_flight: list[tuple[ScoreBatch, Future]] = []
+        try:
+            for batch in batches:
+                in_flight.append((batch, pool.submit(predict, batch)))
+                if len(in_flight) >= predictor.concurrency:
+                    done, future = in_flight.pop(0)
+                    yield done, future.result()
+            while in_flight:
+                done, future = in_flight.pop(0)
+                yield done, future.result()
+        finally:
+            for _, future in in_flight:
+                future.cancel()
+
+
+def _put(channel: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Puts `item`, waiting while the queue is full; False when the run is stopping."""
+    while not stop.is_set():
+        try:
+            channel.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(channel: queue.Queue, stop: threading.Event) -> Any:
+    """The next item, or `_END` when the run is stopping."""
+    while not stop.is_set():
+        try:
+            return channel.get(timeout=_POLL_S)
+        except queue.Empty:
+            continue
+    return _END
+
+
+def _drain(channel: queue.Queue, stop: threading.Event) -> Iterator[ScoreBatch]:
+    while (item := _get(channel, stop)) is not _END:
+        yield item

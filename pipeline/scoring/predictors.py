@@ -1,48 +1,59 @@
 """Predictors: what turns a stream of record batches into model outputs.
 
-Both take the tf.data stream of `pipeline/scoring/inputs.py` and yield
-`(record batch, outputs)` pairs in input order, so sharding, error rows and
-resume are the same whichever predicts:
+Both answer `predict(texts)` for one batch of texts (an Arrow string array)
+with the outputs of `serving_default` as numpy arrays by name, and say how
+many batches they want in flight (`concurrency`); the job keeps the order, so
+sharding, error rows and resume are the same whichever predicts:
 
 * `LocalPredictor`: the exported SavedModel loaded in this process, its
-  `serving_default` called once per batch inside the tf.data pipeline (so it
-  overlaps with writing);
-* `RemotePredictor`: a running TF Serving (or `textserve serve`). Each record
-  batch becomes one Predict request on `serving_default` (gRPC
+  `serving_default` called once per batch (TensorFlow releases the GIL, so
+  reading and writing run meanwhile);
+* `RemotePredictor`: a running TF Serving (or `textserve serve`), called with
+  the project's generic TF Serving client (`serving.client.ServingClient`).
+  Each batch becomes one Predict request on `serving_default` (gRPC
   `PredictionService/Predict`, or REST `POST /v1/models/NAME:predict` with
-  columnar `inputs`), with up to `concurrency` requests in flight and answers
-  consumed in request order. Class names (for `--probabilities`) are not
-  outputs of `serving_default`; they come from one Classify call on the
-  model's `classify` signature at start. Transient failures (UNAVAILABLE,
-  DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, HTTP 429/502/503/504, refused
-  connections) are retried with backoff; anything else stops the run with the
-  server's message, and `--resume` continues it later.
+  columnar `inputs`), with up to `concurrency` requests in flight. Class names
+  (for `--probabilities`) are not outputs of `serving_default`; they come from
+  one Classify call on the model's `classify` signature at start. Transient
+  failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, and the HTTP
+  statuses the client maps to them, refused connections) are retried with
+  backoff; anything else stops the run with the server's message, and
+  `--resume` continues it later.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
-import threading
-import time
 import urllib.parse
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import orjson
+import pyarrow as pa
 
 from pipeline.errors import RunStopped, ScoringError
 from preprocessing import names
 
-# Batches predicted ahead of the writer. Bounded, so memory does not grow with the input.
-_PREFETCH_BATCHES = 2
+_OUTPUTS = (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
+
+
+class Predictor(Protocol):
+    """What the job needs of a predictor (the two below, or a stand-in such as the benchmark's no-op)."""
+
+    concurrency: int  # batches worth having in flight at once
+    description: str  # how the start line names the model
+    label_names: list[str]  # class names in probability order ([] when unknown)
+
+    def predict(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """`serving_default`'s outputs (label, score, probabilities) for one batch of texts."""
+        ...
+
+    def close(self) -> None:
+        """Releases connections or the model."""
+        ...
 
 
 class LocalPredictor:
-    """The exported SavedModel loaded in this process, run inside the tf.data pipeline.
+    """The exported SavedModel loaded in this process, its `serving_default` called once per batch.
 
     Args:
       path: export directory or version directory.
@@ -50,6 +61,8 @@ class LocalPredictor:
     Raises:
       ScoringError: no SavedModel there, or one without the expected signature.
     """
+
+    concurrency = 1  # TensorFlow's own threads use the cores; one batch at a time is fastest
 
     def __init__(self, path: str | Path):
         import tensorflow as tf
@@ -77,203 +90,60 @@ class LocalPredictor:
             )
         self.label_names = self.model.label_names
         self.description = str(self.model.version_dir)
+        self.version_dir = self.model.version_dir
 
-    def predictions(self, batches) -> Iterator[tuple[dict, dict]]:
-        """Yields (record batch, outputs) as numpy, predicting one batch ahead of the consumer."""
-        import tensorflow as tf
-
-        predict_fn = self.model.predict_fn
-        wanted = (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
-
-        def predict(batch):
-            outputs = predict_fn(text=batch["text"])  # one call per batch
-            return batch, {key: outputs[key] for key in wanted}
-
-        dataset = batches.map(predict, num_parallel_calls=1, deterministic=True).prefetch(_PREFETCH_BATCHES)
-        options = tf.data.Options()
-        options.experimental_optimization.map_parallelization = False
-        return dataset.with_options(options).as_numpy_iterator()
+    def predict(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """One `serving_default` call on the batch's texts; outputs as numpy by name."""
+        outputs = self.model.predict_fn(text=string_tensor(texts))
+        return {key: outputs[key].numpy() for key in _OUTPUTS}
 
     def close(self) -> None:
         """Nothing to release (kept for symmetry with the remote predictor)."""
 
 
+def string_tensor(texts: pa.Array):
+    """An Arrow string array as a `tf.string` tensor `[n]`, without a Python object per row.
+
+    The array's data buffer goes to TensorFlow as one scalar string, and
+    `tf.strings.substr` cuts it at the array's offsets.
+    """
+    import tensorflow as tf
+
+    n = len(texts)
+    data = texts.buffers()[2]
+    if not n or data is None:
+        return tf.constant([""] * n, tf.string)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32)[texts.offset : texts.offset + n + 1]
+    first, last = int(offsets[0]), int(offsets[-1])
+    whole = tf.constant(data.slice(first, last - first).to_pybytes())
+    relative = offsets - first
+    return tf.strings.substr(whole, relative[:-1], np.diff(relative))
+
+
 # --- Through a model server ------------------------------------------------------------
 
+# Answers worth another try in a batch job: a restarting, overloaded or slow server.
+_RETRY_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")
 _RETRIES = 4
 _BACKOFF_S = 0.5
-_RETRY_HTTP = {429, 502, 503, 504}
+_MAX_BACKOFF_S = 8.0
 
 
-class _Transient(Exception):
-    """A failure worth retrying."""
-
-
-class _GrpcBackend:
-    """Predict / Classify / GetModelMetadata over one gRPC channel (thread-safe)."""
-
-    def __init__(self, target: str, model_name: str, timeout_s: float):
-        import grpc
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-        self._grpc = grpc
-        self.model_name = model_name
-        self.timeout_s = timeout_s
-        # Large batches of long documents exceed gRPC's 4 MiB default.
-        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self.channel = grpc.insecure_channel(target, options=options)
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout_s)
-        except self._grpc.RpcError as error:
-            code = error.code()
-            message = f"{code.name}: {error.details()}"
-            if code in (
-                self._grpc.StatusCode.UNAVAILABLE,
-                self._grpc.StatusCode.DEADLINE_EXCEEDED,
-                self._grpc.StatusCode.RESOURCE_EXHAUSTED,
-            ):
-                raise _Transient(message) from error
-            raise RunStopped(f"server answered {message}") from error
-
-    def check(self) -> None:
-        """Asks for the model's metadata: the model must be served with `serving_default`."""
-        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
-
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=model_pb2.ModelSpec(name=self.model_name), metadata_field=["signature_def"]
-        )
-        response = self._call(self.stub.GetModelMetadata, request)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signatures)
-        if names.PREDICT_SIGNATURE not in signatures.signature_def:
-            raise ScoringError(
-                f"model {self.model_name!r} has no `{names.PREDICT_SIGNATURE}` signature; it has "
-                f"{sorted(signatures.signature_def)}."
-            )
-
-    def label_names(self) -> list[str]:
-        from tensorflow.core.example import example_pb2, feature_pb2
-        from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2
-
-        example = example_pb2.Example()
-        example.features.feature[names.TEXT_KEY].CopyFrom(
-            feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[b"class names"]))
-        )
-        request = classification_pb2.ClassificationRequest(
-            model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=names.CLASSIFY_SIGNATURE),
-            input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=[example])),
-        )
-        response = self._call(self.stub.Classify, request)
-        return [c.label for c in response.result.classifications[0].classes]
-
-    def predict(self, texts: Sequence[bytes]) -> dict[str, np.ndarray]:
-        import tensorflow as tf
-        from tensorflow_serving.apis import model_pb2, predict_pb2
-
-        request = predict_pb2.PredictRequest(
-            model_spec=model_pb2.ModelSpec(name=self.model_name, signature_name=names.PREDICT_SIGNATURE),
-            output_filter=[names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES],
-        )
-        request.inputs[names.TEXT_KEY].CopyFrom(tf.make_tensor_proto(list(texts), dtype=tf.string))
-        response = self._call(self.stub.Predict, request)
-        return {
-            key: tf.make_ndarray(response.outputs[key])
-            for key in (names.PREDICTED_LABEL, names.SCORE, names.PROBABILITIES)
-        }
-
-    def close(self) -> None:
-        self.channel.close()
-
-
-class _RestBackend:
-    """TF Serving's REST API over keep-alive HTTP connections, one per worker thread."""
-
-    def __init__(self, host: str, port: int, model_name: str, timeout_s: float):
-        self.host, self.port, self.model_name, self.timeout_s = host, port, model_name, timeout_s
-        self._local = threading.local()
-        self._base = f"/v1/models/{urllib.parse.quote(model_name)}"
-
-    def _request(self, method: str, path: str, body: bytes | None = None) -> dict:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = http.client.HTTPConnection(
-                self.host, self.port, timeout=self.timeout_s
-            )
-        try:
-            connection.request(method, path, body=body, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as error:
-            connection.close()
-            self._local.connection = None
-            raise _Transient(f"http://{self.host}:{self.port}{path}: {error}") from error
-        if response.status != 200:
-            try:
-                message = json.loads(payload).get("error", payload.decode("utf-8", "replace"))
-            except ValueError:
-                message = payload.decode("utf-8", "replace")[:500]
-            if response.status in _RETRY_HTTP:
-                raise _Transient(f"HTTP {response.status}: {message}")
-            raise RunStopped(f"server answered HTTP {response.status} to {method} {path}: {message}")
-        return orjson.loads(payload)
-
-    def check(self) -> None:
-        """Asks for the model's metadata: the model must be served with `serving_default`."""
-        try:
-            metadata = self._request("GET", f"{self._base}/metadata")
-        except RunStopped as error:
-            raise ScoringError(str(error)) from error
-        signatures = metadata.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
-        if names.PREDICT_SIGNATURE not in signatures:
-            raise ScoringError(
-                f"model {self.model_name!r} has no `{names.PREDICT_SIGNATURE}` signature; it has {sorted(signatures)}."
-            )
-
-    def label_names(self) -> list[str]:
-        body = orjson.dumps(
-            {"signature_name": names.CLASSIFY_SIGNATURE, "examples": [{names.TEXT_KEY: "class names"}]}
-        )
-        answer = self._request("POST", f"{self._base}:classify", body)
-        return [label for label, _ in answer["results"][0]]
-
-    def predict(self, texts: Sequence[bytes]) -> dict[str, np.ndarray]:
-        # JSON carries text, not bytes: the readers already produced valid UTF-8.
-        body = orjson.dumps(
-            {
-                "signature_name": names.PREDICT_SIGNATURE,
-                "inputs": {names.TEXT_KEY: [t.decode("utf-8") for t in texts]},
-            }
-        )
-        outputs = self._request("POST", f"{self._base}:predict", body)["outputs"]
-        return {
-            names.PREDICTED_LABEL: np.array(
-                [label.encode("utf-8") for label in outputs[names.PREDICTED_LABEL]], dtype=object
-            ),
-            names.SCORE: np.asarray(outputs[names.SCORE], dtype=np.float32),
-            names.PROBABILITIES: np.asarray(outputs[names.PROBABILITIES], dtype=np.float32),
-        }
-
-    def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-
-
-def _parse_server(url: str) -> tuple[str, str, int]:
+def _parse_server(url: str) -> tuple[str, str]:
+    """`grpc://HOST:PORT` or `http://HOST:PORT` → (transport, target) for `ServingClient`."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("grpc", "http") or not parsed.hostname or not parsed.port:
         raise ScoringError(
             f"--server {url!r}: expected grpc://HOST:PORT (TF Serving's --port) or http://HOST:PORT "
             f"(its --rest_api_port)."
         )
-    return parsed.scheme, parsed.hostname, parsed.port
+    if parsed.scheme == "grpc":
+        return "grpc", f"{parsed.hostname}:{parsed.port}"
+    return "rest", f"http://{parsed.hostname}:{parsed.port}"
 
 
 class RemotePredictor:
-    """Scores record batches through a model server, `concurrency` requests at a time.
+    """Scores batches through a model server with the generic TF Serving client (`serving.client`).
 
     Args:
       server: `grpc://HOST:PORT` or `http://HOST:PORT`.
@@ -297,23 +167,38 @@ class RemotePredictor:
         timeout_s: float = 60.0,
         need_label_names: bool = False,
     ):
-        scheme, host, port = _parse_server(server)
+        from serving.client import ClientError, ServingClient
+
+        self._client_error = ClientError
+        transport, target = _parse_server(server)
         self.description = f"model {model_name!r} at {server}"
         self.concurrency = concurrency
-        if scheme == "grpc":
-            self.backend: _GrpcBackend | _RestBackend = _GrpcBackend(f"{host}:{port}", model_name, timeout_s)
-        else:
-            self.backend = _RestBackend(host, port, model_name, timeout_s)
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="score-request")
+        self.client = ServingClient(
+            target,
+            model_name,
+            transport=transport,
+            timeout=timeout_s,
+            retries=_RETRIES,
+            backoff=_BACKOFF_S,
+            max_backoff=_MAX_BACKOFF_S,
+            retry_codes=_RETRY_CODES,
+        )
         try:
-            self._with_retries(self.backend.check)
-        except RunStopped as error:
-            raise ScoringError(f"{server}: {error}") from error
-        except _Transient as error:
-            raise ScoringError(f"{server}: the server does not answer ({error}); is it running?") from error
+            signatures = self.client.metadata().signatures
+        except ClientError as error:
+            hint = "; is it running?" if error.code == "UNAVAILABLE" else ""
+            raise ScoringError(f"{server}: {error}{hint}") from error
+        if names.PREDICT_SIGNATURE not in signatures:
+            raise ScoringError(
+                f"model {model_name!r} at {server} has no `{names.PREDICT_SIGNATURE}` signature; it has "
+                f"{sorted(signatures)}."
+            )
         try:
-            self.label_names = self._with_retries(self.backend.label_names)
-        except (RunStopped, _Transient) as error:
+            answer = self.client.classify(
+                [{names.TEXT_KEY: "class names"}], signature_name=names.CLASSIFY_SIGNATURE
+            )
+            self.label_names = [label for label, _ in answer[0]]
+        except ClientError as error:
             if need_label_names:
                 raise ScoringError(
                     f"{server}: --probabilities needs the class names, read through the model's "
@@ -321,55 +206,21 @@ class RemotePredictor:
                 ) from error
             self.label_names = []  # metrics then use the labels that occur
 
-    def _with_retries(self, call, *args):
-        for attempt in range(_RETRIES + 1):
-            try:
-                return call(*args)
-            except _Transient:
-                if attempt == _RETRIES:
-                    raise
-                time.sleep(_BACKOFF_S * 2**attempt)
+    def predict(self, texts: pa.Array) -> dict[str, np.ndarray]:
+        """One Predict request for the batch's texts (retried while the server is transiently down).
 
-    def _predict(self, texts: np.ndarray) -> dict[str, np.ndarray]:
+        Raises:
+          RunStopped: the server refused the request or stopped answering.
+        """
+        batch = np.empty(len(texts), dtype=object)
+        batch[:] = texts.to_pylist()
         try:
-            return self._with_retries(self.backend.predict, texts)
-        except _Transient as error:
-            raise RunStopped(f"the server stopped answering after {_RETRIES} retries: {error}") from error
-
-    def predictions(self, batches) -> Iterator[tuple[dict, dict]]:
-        """Yields (record batch, outputs) in input order with up to `concurrency` requests in flight."""
-        in_flight: deque[tuple[dict, Future]] = deque()
-        for batch in batches.prefetch(self.concurrency).as_numpy_iterator():
-            texts = batch["text"]
-            ok = batch["problem"] == b""
-            # Problem records are not sent (their text is empty); their rows get placeholders.
-            in_flight.append((batch, self._pool.submit(self._predict_subset, texts, ok)))
-            if len(in_flight) >= self.concurrency:
-                done_batch, future = in_flight.popleft()
-                yield done_batch, future.result()
-        while in_flight:
-            done_batch, future = in_flight.popleft()
-            yield done_batch, future.result()
-
-    def _predict_subset(self, texts: np.ndarray, ok: np.ndarray) -> dict[str, np.ndarray]:
-        count = len(texts)
-        width = max(len(self.label_names), 1)
-        outputs = {
-            names.PREDICTED_LABEL: np.full(count, b"", dtype=object),
-            names.SCORE: np.zeros(count, np.float32),
-            names.PROBABILITIES: np.zeros((count, width), np.float32),
-        }
-        if ok.any():
-            answer = self._predict(texts[ok])
-            if answer[names.PROBABILITIES].shape[1] != width:
-                outputs[names.PROBABILITIES] = np.zeros(
-                    (count, answer[names.PROBABILITIES].shape[1]), np.float32
-                )
-            for key in outputs:
-                outputs[key][ok] = answer[key]
-        return outputs
+            return self.client.predict(
+                {names.TEXT_KEY: batch}, signature_name=names.PREDICT_SIGNATURE, output_filter=list(_OUTPUTS)
+            )
+        except self._client_error as error:
+            raise RunStopped(str(error)) from error
 
     def close(self) -> None:
-        """Waits for nothing further and closes connections."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self.backend.close()
+        """Closes the channel or the pooled connections."""
+        self.client.close()

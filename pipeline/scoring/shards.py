@@ -18,20 +18,26 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.errors import ScoringError
 from pipeline.readers import InputFile
-from pipeline.scoring.writers import OUTPUT_SUFFIX, RowBatch, ShardWriter, atomic_write_bytes
+from pipeline.scoring.inputs import ScoreBatch
+from pipeline.scoring.writers import OUTPUT_SUFFIX, ShardWriter, atomic_write_bytes, scored_table
 from preprocessing import names
+
+_FALLBACK_PLACES = 20  # places listed per shard; the count is always complete
 
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """Where a job's files go: shards, errors file, summary and the resume state directory."""
+    """Where a job's files go: shards, errors file, summary, resolved config and the resume state."""
 
     shards: tuple[Path, ...]
     errors: Path
     summary: Path
+    config: Path
     state_dir: Path
 
     @classmethod
@@ -54,7 +60,11 @@ class OutputPaths:
         if errors in shards:
             raise ValueError(f"--output {output} would overwrite the errors file; pick another name.")
         return cls(
-            shards, errors, base.with_name(base.name + ".summary.json"), base.with_name(base.name + ".resume")
+            shards,
+            errors,
+            base.with_name(base.name + ".summary.json"),
+            base.with_name(base.name + ".config.toml"),
+            base.with_name(base.name + ".resume"),
         )
 
     def shard_state(self, k: int) -> tuple[Path, Path]:
@@ -72,6 +82,14 @@ class ShardState:
     errors_by_reason: dict = field(default_factory=dict)
     # "true<TAB>predicted" -> documents, over documents with a reference label.
     confusion: dict = field(default_factory=dict)
+    # Documents decoded with the fallback encoding, and the first few places (source:line).
+    decoded_with_fallback: int = 0
+    fallback_places: list = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> ShardState:
+        """The counts saved by `commit_shard`."""
+        return cls(**orjson.loads(path.read_bytes()))
 
 
 def job_fingerprint(sources: Sequence[InputFile], total: int, model: str, options: dict) -> dict:
@@ -96,7 +114,7 @@ def prepare_outputs(
         --overwrite was given, or --resume finds a different job's state.
     """
     job_file = paths.state_dir / "job.json"
-    existing = [p for p in (*paths.shards, paths.errors, paths.summary) if p.exists()]
+    existing = [p for p in (*paths.shards, paths.errors, paths.summary, paths.config) if p.exists()]
     if resume and job_file.is_file():
         previous = orjson.loads(job_file.read_bytes())
         if previous != fingerprint:
@@ -128,71 +146,141 @@ def reason_key(problem: str) -> str:
     return problem.split(":", 1)[0].split(" (", 1)[0]
 
 
-class ShardedOutput:
-    """Routes scored batches, by document position, into contiguous shards and commits each one.
+def shard_size(total: int, num_shards: int) -> int:
+    """Documents per shard: shard `k` holds positions `[k * size, (k + 1) * size)`."""
+    return max(1, math.ceil(total / num_shards))
 
-    Batches arrive in input order starting at `start`; a shard is committed as
-    soon as the first document of a later shard arrives, so at most one shard
-    is open. Shards in `done` (completed by an earlier run) are not written.
+
+def first_pending(done: set[int], num_shards: int) -> int:
+    """The first shard an earlier run did not complete (`num_shards` when all are done)."""
+    k = 0
+    while k in done:
+        k += 1
+    return min(k, num_shards)
+
+
+def error_rows(records: pa.RecordBatch) -> list[bytes]:
+    """The errors-file lines (source, line, id, reason) of a batch's problem records."""
+    bad = records.filter(pc.is_valid(records.column("problem")))
+    return [
+        orjson.dumps({"source": source, "line": line, "id": doc_id, "reason": reason}) + b"\n"
+        for source, line, doc_id, reason in zip(
+            *(bad.column(name).to_pylist() for name in ("source", "line", "id", "problem"))
+        )
+    ]
+
+
+def count_into(state: ShardState, records: pa.RecordBatch, predicted: pa.Array | None) -> None:
+    """Adds a batch's counts (read, scored, errors by reason, fallbacks, confusion) to `state`.
+
+    Args:
+      state: the shard's counts.
+      records: the batch's records (`problem` set on those not scored).
+      predicted: the predicted labels of the scored records, in order.
+    """
+    problems = records.column("problem")
+    state.read += records.num_rows
+    state.scored += problems.null_count  # a record without a problem is scored
+    state.errored += records.num_rows - problems.null_count
+    for reason in problems.drop_null().to_pylist():
+        key = reason_key(reason)
+        state.errors_by_reason[key] = state.errors_by_reason.get(key, 0) + 1
+    fallback = records.column("fallback")
+    if fallback.null_count < len(fallback):
+        used = records.filter(pc.and_(pc.is_valid(fallback), pc.is_null(problems)))
+        state.decoded_with_fallback += used.num_rows
+        room = _FALLBACK_PLACES - len(state.fallback_places)
+        for source, line in zip(
+            used.column("source").to_pylist()[:room], used.column("line").to_pylist()[:room]
+        ):
+            state.fallback_places.append(f"{source}:{line}")
+    if predicted is None:
+        return
+    true = records.filter(pc.is_null(problems)).column("label")
+    if true.null_count == len(true):
+        return
+    has_label = pc.is_valid(true)
+    pairs = pc.binary_join_element_wise(true.filter(has_label), predicted.filter(has_label), "\t")
+    for item in pc.value_counts(pairs).to_pylist():
+        state.confusion[item["values"]] = state.confusion.get(item["values"], 0) + item["counts"]
+
+
+class ShardedOutput:
+    """Writes scored batches into their shards, in order, and commits each shard when it is complete.
+
+    Batches arrive in input order and never straddle a shard boundary
+    (`inputs.score_batches` cuts them there); a shard is committed as soon as
+    its last document is written, so at most one shard is open and a run that
+    stops keeps every complete shard. Shards in `done` (completed by an
+    earlier run) are not written.
 
     Args:
       paths: the job's files.
       total: documents in the whole input.
       done: shards completed by an earlier run.
       output_format: one of the writers' formats.
-      label_names: class names in probability order.
-      probabilities: write `p_<class>` columns.
+      prob_keys: the `p_<class>` columns (empty without --probabilities).
     """
 
     def __init__(
-        self,
-        paths: OutputPaths,
-        total: int,
-        done: set[int],
-        output_format: str,
-        label_names: Sequence[str],
-        probabilities: bool,
+        self, paths: OutputPaths, total: int, done: set[int], output_format: str, prob_keys: Sequence[str]
     ):
         self.paths = paths
         self.num_shards = len(paths.shards)
-        self.size = max(1, math.ceil(total / self.num_shards))
+        self.size = shard_size(total, self.num_shards)
         self.total = total
         self.done = done
         self.output_format = output_format
-        self.label_names = list(label_names)
-        self.probabilities = probabilities
+        self.prob_keys = list(prob_keys)
         self.states: dict[int, ShardState] = {}
-        # Finished shards at the start need not even be read: the stream starts after them.
-        self.first_pending = 0
-        while self.first_pending in done:
-            self.first_pending += 1
-        self.start = (
-            min(self.first_pending * self.size, total) if self.first_pending < self.num_shards else total
-        )
-        self.position = self.start
+        self.first_pending = first_pending(done, self.num_shards)
+        self.start = min(self.first_pending * self.size, total)
+        self.written = 0  # documents read and routed in this run
         self._current = -1
         self._writer: ShardWriter | None = None
         self._state = ShardState()
         self._error_rows: list[bytes] = []
-        self._label_cache: dict[bytes, str] = {}
 
     def shard_of(self, position: int) -> int:
         """The shard of the document at `position`."""
         return min(position // self.size, self.num_shards - 1)
 
-    def add(self, batch: dict, outputs: dict) -> None:
-        """Writes one scored batch (record columns and model outputs, numpy) into its shard(s)."""
-        count = len(batch["id"])
-        offset = 0
-        while offset < count:
-            k = self.shard_of(self.position + offset)
-            end = count if k == self.num_shards - 1 else min(count, (k + 1) * self.size - self.position)
-            if k != self._current:
-                self._advance_to(k)
-            if self._writer is not None:
-                self._write_segment(batch, outputs, offset, end)
-            offset = end
-        self.position += count
+    def add(self, batch: ScoreBatch, outputs: dict[str, np.ndarray] | None) -> None:
+        """Writes one batch: scored rows to its shard, problem records to the shard's error rows.
+
+        Args:
+          batch: records of one shard, from `inputs.score_batches`.
+          outputs: the model's outputs for the batch's scored records (None for a skipped batch).
+        """
+        k = self.shard_of(batch.position)
+        assert self.shard_of(batch.position + batch.records.num_rows - 1) == k, "a batch straddles shards"
+        if k != self._current:
+            self._advance_to(k)
+        self.written += batch.records.num_rows
+        if self._writer is not None and not batch.skip:
+            self._write(batch, outputs)
+        end = self.total if k == self.num_shards - 1 else (k + 1) * self.size
+        if batch.position + batch.records.num_rows == end:
+            self._commit()
+
+    def _write(self, batch: ScoreBatch, outputs: dict[str, np.ndarray] | None) -> None:
+        assert self._writer is not None
+        records = batch.records
+        self._error_rows += error_rows(records)
+        ok = records.filter(pc.is_null(records.column("problem")))
+        predicted = None
+        if ok.num_rows:
+            assert outputs is not None
+            table = scored_table(
+                ok.column("id"),
+                outputs[names.PREDICTED_LABEL],
+                outputs[names.SCORE],
+                outputs[names.PROBABILITIES] if self.prob_keys else None,
+                self.prob_keys,
+            )
+            self._writer.write(table)
+            predicted = table.column(names.PREDICTED_LABEL).combine_chunks()
+        count_into(self._state, records, predicted)
 
     def finish(self) -> dict[int, ShardState]:
         """Commits the open shard and any empty ones left; returns every shard's counts."""
@@ -200,7 +288,7 @@ class ShardedOutput:
             self._advance_to(self.num_shards)
         for k in range(self.num_shards):
             if k not in self.states:
-                self.states[k] = ShardState(**orjson.loads(self.paths.shard_state(k)[1].read_bytes()))
+                self.states[k] = ShardState.load(self.paths.shard_state(k)[1])
         return self.states
 
     def abort(self) -> None:
@@ -211,8 +299,7 @@ class ShardedOutput:
 
     def _advance_to(self, k: int) -> None:
         """Commits the open shard and every shard before `k` (empty ones included), then opens `k`."""
-        if self._current >= 0:
-            self._commit()
+        self._commit()
         for empty in range(max(self._current + 1, self.first_pending), k):
             self._open(empty)
             self._commit()
@@ -223,59 +310,21 @@ class ShardedOutput:
         self._current = k
         self._state, self._error_rows = ShardState(), []
         self._writer = (
-            None
-            if k in self.done
-            else ShardWriter(self.paths.shards[k], self.output_format, self.label_names, self.probabilities)
+            None if k in self.done else ShardWriter(self.paths.shards[k], self.output_format, self.prob_keys)
         )
 
     def _commit(self) -> None:
-        if self._writer is not None:
-            errors_path, state_path = self.paths.shard_state(self._current)
-            atomic_write_bytes(errors_path, b"".join(self._error_rows))
-            atomic_write_bytes(state_path, orjson.dumps(asdict(self._state)))
-            self._writer.commit()  # last: the shard exists only once its state is saved
+        if self._writer is not None and self._current not in self.states:
+            commit_shard(self.paths, self._current, self._state, self._error_rows, self._writer)
             self.states[self._current] = self._state
         self._writer = None
 
-    def _write_segment(self, batch: dict, outputs: dict, start: int, end: int) -> None:
-        """Writes rows [start, end) of a batch: scored rows to the shard, problems to its error rows."""
-        assert self._writer is not None
-        state = self._state
-        problems = batch["problem"][start:end]
-        ok = np.flatnonzero(problems == b"")
-        state.read += end - start
-        state.scored += len(ok)
-        state.errored += (end - start) - len(ok)
-        for i in np.flatnonzero(problems != b""):
-            j = start + i
-            problem = problems[i].decode("utf-8", "replace")
-            key = reason_key(problem)
-            state.errors_by_reason[key] = state.errors_by_reason.get(key, 0) + 1
-            row = {
-                "source": batch["source"][j].decode("utf-8", "replace"),
-                "line": int(batch["line"][j]),
-                "id": batch["id"][j].decode("utf-8", "replace"),
-                "reason": problem,
-            }
-            self._error_rows.append(orjson.dumps(row) + b"\n")
-        if not len(ok):
-            return
-        rows = ok + start
-        labels = []
-        for raw in outputs[names.PREDICTED_LABEL][rows]:
-            label = self._label_cache.get(raw)
-            if label is None:
-                label = self._label_cache[raw] = raw.decode("utf-8")
-            labels.append(label)
-        self._writer.write(
-            RowBatch(
-                ids=[raw.decode("utf-8", "replace") for raw in batch["id"][rows]],
-                labels=labels,
-                scores=outputs[names.SCORE][rows].tolist(),
-                probabilities=outputs[names.PROBABILITIES][rows] if self.probabilities else None,
-            )
-        )
-        for true, predicted in zip(batch["label"][rows], labels):
-            if true:
-                key = f"{true.decode('utf-8', 'replace')}\t{predicted}"
-                state.confusion[key] = state.confusion.get(key, 0) + 1
+
+def commit_shard(
+    paths: OutputPaths, k: int, state: ShardState, error_lines: Sequence[bytes], writer: ShardWriter
+) -> None:
+    """Saves a shard's error rows and counts, then commits its output (last: it exists only once complete)."""
+    errors_path, state_path = paths.shard_state(k)
+    atomic_write_bytes(errors_path, b"".join(error_lines))
+    atomic_write_bytes(state_path, orjson.dumps(asdict(state)))
+    writer.commit()

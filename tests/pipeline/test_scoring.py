@@ -165,12 +165,14 @@ def test_bbc_folder_accuracy_and_undecodable_file(bbc_path, bbc_run, tmp_path, c
             "--probabilities",
             "--num-shards",
             "2",
+            "--fallback-encoding",
+            "",
         )
         == 0
     )
     summary = json.loads((tmp_path / "bbc.summary.json").read_text())
     assert summary["read"] == 2225 == summary["scored"] + summary["errored"]
-    # The archive has one file that is not UTF-8; without --fallback-encoding it is reported, not guessed.
+    # The archive has one file that is not UTF-8; with --fallback-encoding "" it is reported, not guessed.
     errors = _read_jsonl(tmp_path / "bbc.errors.jsonl")
     assert len(errors) == summary["errored"] >= 1
     assert all("not valid UTF-8" in e["reason"] and e["source"].startswith(str(bbc_path)) for e in errors)
@@ -189,20 +191,14 @@ def test_bbc_folder_accuracy_and_undecodable_file(bbc_path, bbc_run, tmp_path, c
         "p_tech",
     ]
 
+    # The default is train's rule: decode with latin-1 and say so (one rule for train and score).
     out = tmp_path / "latin.jsonl"
-    assert (
-        _score(
-            str(bbc_path),
-            "--model",
-            str(bbc_run.version_dir),
-            "--output",
-            str(out),
-            "--fallback-encoding",
-            "latin-1",
-        )
-        == 0
-    )
-    assert json.loads((tmp_path / "latin.summary.json").read_text())["errored"] == 0
+    assert _score(str(bbc_path), "--model", str(bbc_run.version_dir), "--output", str(out)) == 0
+    summary = json.loads((tmp_path / "latin.summary.json").read_text())
+    assert summary["errored"] == 0
+    assert summary["decoded_with_fallback"]["count"] == len(errors)
+    assert summary["decoded_with_fallback"]["first"] == [f"{e['source']}:1" for e in errors]
+    assert "decoded with latin-1" in capsys.readouterr().out
 
 
 def _broken_jsonl(path: Path, lines: int = 20_000) -> dict[int, str]:
@@ -231,9 +227,10 @@ def _broken_jsonl(path: Path, lines: int = 20_000) -> dict[int, str]:
     return reasons
 
 
-def test_20000_lines_with_1_percent_broken(tmp_path, tiny_run):
+def test_50000_lines_with_1_percent_broken(tmp_path, tiny_run):
+    """Issue 9's acceptance: scored + errored = read, every error row with its line and reason."""
     source = tmp_path / "feed.jsonl"
-    reasons = _broken_jsonl(source)
+    reasons = _broken_jsonl(source, lines=50_000)
     out = tmp_path / "scored.jsonl"
     assert (
         _score(
@@ -248,22 +245,24 @@ def test_20000_lines_with_1_percent_broken(tmp_path, tiny_run):
             "label",
             "--num-shards",
             "3",
+            "--fallback-encoding",
+            "",  # undecodable lines are one of the five kinds of broken line here
         )
         == 0
     )
     rows = [r for k in range(3) for r in _read_jsonl(tmp_path / f"scored-{k:05d}-of-00003.jsonl")]
     errors = _read_jsonl(tmp_path / "scored.errors.jsonl")
-    assert len(rows) + len(errors) == 20_000
-    assert len(errors) == 200
+    assert len(rows) + len(errors) == 50_000
+    assert len(errors) == 500
     assert {e["line"]: e for e in errors}.keys() == reasons.keys()
     for error in errors:
         assert reasons[error["line"]] in error["reason"], error
         assert error["source"] == str(source) and error["id"] == f"feed.jsonl:{error['line']}"
     # Stable order: rows are in input order, skipping exactly the broken lines.
-    assert [r["id"] for r in rows] == [f"feed.jsonl:{n}" for n in range(1, 20_001) if n not in reasons]
+    assert [r["id"] for r in rows] == [f"feed.jsonl:{n}" for n in range(1, 50_001) if n not in reasons]
     summary = json.loads((tmp_path / "scored.summary.json").read_text())
-    assert (summary["read"], summary["scored"], summary["errored"]) == (20_000, 19_800, 200)
-    assert summary["metrics"]["count"] == 19_800
+    assert (summary["read"], summary["scored"], summary["errored"]) == (50_000, 49_500, 500)
+    assert summary["metrics"]["count"] == 49_500
 
 
 def test_output_formats_agree(tmp_path, tiny_run):
@@ -385,25 +384,44 @@ def test_bad_inputs_and_models_fail_at_the_start(tmp_path, tiny_run, capsys):
 
 
 def test_beam_runner_gives_the_tfdata_predictions(tmp_path, tiny_run):
+    """Beam's DirectRunner in multi_processing mode, 2 workers: the handler is pickled, each worker loads the model."""
     pytest.importorskip("apache_beam", reason="apache-beam is not installed (pip install '.[beam]')")
     source = tmp_path / "feed.jsonl"
     reasons = _broken_jsonl(source, lines=600)
     base = [str(source), "--model", str(tiny_run.version_dir), "--probabilities", "--batch-size", "64"]
+    base += ["--fallback-encoding", ""]
+    beam_args = "--direct_num_workers=2 --direct_running_mode=multi_processing"
     assert _score(*base, "--output", str(tmp_path / "tf.jsonl")) == 0
-    assert (
-        _score(*base, "--output", str(tmp_path / "beam.jsonl"), "--num-shards", "2", "--runner", "beam") == 0
-    )
+    beam = [*base, "--output", str(tmp_path / "beam.jsonl"), "--num-shards", "2", "--runner", "beam"]
+    assert _score(*beam, "--beam-args", beam_args) == 0
     tf_rows = {r["id"]: r for r in _read_jsonl(tmp_path / "tf.jsonl")}
-    beam_rows = {r["id"]: r for k in range(2) for r in _read_jsonl(tmp_path / f"beam-{k:05d}-of-00002.jsonl")}
+    shards = [tmp_path / f"beam-{k:05d}-of-00002.jsonl" for k in range(2)]
+    beam_rows = {r["id"]: r for shard in shards for r in _read_jsonl(shard)}
     assert beam_rows.keys() == tf_rows.keys() and len(tf_rows) == 600 - len(reasons)
     for doc_id, row in tf_rows.items():
         assert beam_rows[doc_id]["label"] == row["label"]
         for key in row.keys() - {"id", "label"}:
             assert beam_rows[doc_id][key] == pytest.approx(row[key], abs=1e-5)
-    beam_errors = sorted(e["line"] for e in _read_jsonl(tmp_path / "beam.errors.jsonl"))
+    # Shards are the tf.data runner's: the same documents in input order.
+    assert [r["id"] for shard in shards for r in _read_jsonl(shard)] == [
+        r["id"] for r in _read_jsonl(tmp_path / "tf.jsonl")
+    ]
+    beam_errors = [e["line"] for e in _read_jsonl(tmp_path / "beam.errors.jsonl")]
     assert beam_errors == sorted(reasons)
     summary = json.loads((tmp_path / "beam.summary.json").read_text())
-    assert (summary["read"], summary["errored"]) == (600, len(reasons))
+    assert (summary["read"], summary["errored"], summary["runner"]) == (600, len(reasons), "beam")
+
+    # --resume: a shard whose commit never happened is the only one scored again.
+    first = shards[0].read_bytes()
+    second = shards[1].read_bytes()
+    shards[1].unlink()
+    (tmp_path / "beam.resume" / "00001.json").unlink()
+    assert _score(*beam, "--resume") == 0
+    summary = json.loads((tmp_path / "beam.summary.json").read_text())
+    assert summary["read"] == 600 and summary["documents_this_run"] == 300
+    assert shards[0].read_bytes() == first
+    second_ids = [json.loads(line)["id"] for line in second.decode().splitlines()]
+    assert [r["id"] for r in _read_jsonl(shards[1])] == second_ids
 
 
 # --- Through a real model server -------------------------------------------------------------------
@@ -445,6 +463,8 @@ def test_scoring_through_a_server_matches_in_process(scheme, served_tiny, tmp_pa
                 "--probabilities",
                 "--batch-size",
                 "32",
+                "--fallback-encoding",
+                "",
             )
             == 0
         )
