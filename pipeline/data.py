@@ -60,7 +60,12 @@ class Dataset:
         )
 
 
-def _duplicate_key(text: str) -> str:
+def normalized_content(text: str) -> str:
+    """The text with whitespace runs folded to one space and case folded.
+
+    Two documents are duplicates when these agree; the content-hash splits
+    (`pipeline/splits.py`) hash the same form, so duplicates always share a split.
+    """
     return " ".join(text.split()).casefold()
 
 
@@ -100,7 +105,7 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     candidates = _labelled_records(read_records(path, config, ignored), report)
     groups: dict[str, list[Record]] = {}
     for record in candidates:
-        groups.setdefault(_duplicate_key(record.text or ""), []).append(record)
+        groups.setdefault(normalized_content(record.text or ""), []).append(record)
     conflicted = {key for key, copies in groups.items() if len({r.label for r in copies}) > 1}
     if conflicted and config.on_label_conflict == "error":
         raise DataError(_conflict_message(candidates, groups, conflicted))
@@ -119,7 +124,7 @@ def ingest(path: str | Path, config: DataConfig, *, deduplicate: bool = True) ->
     kept = Dataset([], [], [], report)
     conflict_drops = 0
     for record in candidates:
-        key = _duplicate_key(record.text or "")
+        key = normalized_content(record.text or "")
         first = groups[key][0]
         if key in conflicted and (config.on_label_conflict == "drop" or record.label != first.label):
             conflict_drops += 1
@@ -192,7 +197,7 @@ def _labelled_records(records: Iterator[Record], report: dict) -> list[Record]:
 def _conflict_message(candidates: list[Record], groups: dict[str, list[Record]], conflicted: set[str]) -> str:
     """The first text (in input order) found under a second label, with both places."""
     for record in candidates:
-        key = _duplicate_key(record.text or "")
+        key = normalized_content(record.text or "")
         original = groups[key][0]
         if key in conflicted and record.label != original.label:
             break

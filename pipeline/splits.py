@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.config import SplitConfig
+from pipeline.data import normalized_content
 from pipeline.errors import DataError
 
 if TYPE_CHECKING:
@@ -47,11 +48,6 @@ FINGERPRINT_ALGORITHM = "blake2b-64 of whitespace-folded, case-folded UTF-8 text
 FINGERPRINT_ENCODING = "sorted uint64, first value then deltas, big-endian, zlib, base64"
 CARD_KEY = "training_fingerprints"
 _PERSON = b"textserve-doc"  # separates these hashes from any other use of blake2b
-
-
-def normalized_content(text: str) -> str:
-    """The text with whitespace runs folded to one space and case folded (the deduplication key)."""
-    return " ".join(text.split()).casefold()
 
 
 def _digest(text: str, key: bytes = b"") -> int:

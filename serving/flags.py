@@ -215,8 +215,6 @@ class ServerOptions:
         "tensorflow/serving#1288); off: a busy port stops start-up naming the process holding it",
     )
 
-    # Model lifecycle and input validation:
-
     # Parsed from the files above (not flags).
     batching_parameters: Any = None  # config_protos.BatchingParameters | None
     monitoring_config: Any = None  # config_protos.MonitoringConfig

@@ -124,35 +124,26 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 plan = plan_for(servable)
             return await self.dataplane.run_async(plan, deadline)
 
-    async def Predict(self, request, context):
-        """PredictionService.Predict: run a signature on input tensors."""
-        plan = self.dataplane.plan_predict_request
+    async def _serve_one(self, method: str, plan, request, context):
+        """Serves a one-signature call: plans the request on its servable, runs it, answers."""
         return await self._serve(
-            "Predict",
+            method,
             request.model_spec.name,
             context,
             lambda deadline: self._run(request, lambda servable: plan(servable, request), deadline),
         )
+
+    async def Predict(self, request, context):
+        """PredictionService.Predict: run a signature on input tensors."""
+        return await self._serve_one("Predict", self.dataplane.plan_predict_request, request, context)
 
     async def Classify(self, request, context):
         """PredictionService.Classify: run a classification signature on tf.Examples."""
-        plan = self.dataplane.plan_classify_request
-        return await self._serve(
-            "Classify",
-            request.model_spec.name,
-            context,
-            lambda deadline: self._run(request, lambda servable: plan(servable, request), deadline),
-        )
+        return await self._serve_one("Classify", self.dataplane.plan_classify_request, request, context)
 
     async def Regress(self, request, context):
         """PredictionService.Regress: run a regression signature on tf.Examples."""
-        plan = self.dataplane.plan_regress_request
-        return await self._serve(
-            "Regress",
-            request.model_spec.name,
-            context,
-            lambda deadline: self._run(request, lambda servable: plan(servable, request), deadline),
-        )
+        return await self._serve_one("Regress", self.dataplane.plan_regress_request, request, context)
 
     async def MultiInference(self, request, context):
         """PredictionService.MultiInference: several classify/regress tasks on one input."""
