@@ -299,4 +299,5 @@ def run_beam_scoring(job: ScoreJob, log=print) -> dict:
         ignored=[],
         log=log,
         runner="beam",
+        leakage_note="not checked with --runner beam (use --runner tfdata for the count)",
     )

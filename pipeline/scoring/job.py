@@ -48,6 +48,7 @@ from pipeline.scoring.predictors import LocalPredictor, Predictor, RemotePredict
 from pipeline.scoring.shards import ShardedOutput, job_fingerprint, prepare_outputs
 from pipeline.scoring.spec import ScoreJob
 from pipeline.scoring.summary import Progress, finish
+from pipeline.splits import FingerprintSet
 from preprocessing import names
 
 _QUEUE_DEPTH = 4  # batches waiting between two stages: enough to keep each busy, bounded memory
@@ -129,7 +130,8 @@ def run_scoring(
         prob_keys = (
             [names.probability_key(label) for label in predictor.label_names] if score.probabilities else []
         )
-        output = ShardedOutput(paths, total, done, score.output_format, prob_keys)
+        trained, leakage_note = training_documents(predictor)
+        output = ShardedOutput(paths, total, done, score.output_format, prob_keys, trained)
         ignored: list[str] = []
         scoring_started = time.monotonic()
 
@@ -166,7 +168,21 @@ def run_scoring(
         label_names=predictor.label_names,
         ignored=ignored,
         log=log,
+        leakage_note=leakage_note,
     )
+
+
+def training_documents(predictor: Predictor) -> tuple[FingerprintSet | None, str]:
+    """The model's training documents from its card, to report labelled ones apart, or why not known."""
+    if not isinstance(predictor, LocalPredictor):
+        return None, "not checked: scored through a server, whose model card is not read here"
+    try:
+        trained = FingerprintSet.from_card(predictor.model.card)
+    except ValueError as error:
+        return None, f"not checked: {error}"
+    if trained is None:
+        return None, "not checked: the model card records no training fingerprints (an older export)"
+    return trained, ""
 
 
 def _columns_line(infos: list[InputInfo]) -> str:

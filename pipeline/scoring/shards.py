@@ -25,6 +25,7 @@ from pipeline.errors import ScoringError
 from pipeline.readers import InputFile
 from pipeline.scoring.inputs import ScoreBatch
 from pipeline.scoring.writers import OUTPUT_SUFFIX, ShardWriter, atomic_write_bytes, scored_table
+from pipeline.splits import FingerprintSet
 from preprocessing import names
 
 _FALLBACK_PLACES = 20  # places listed per shard; the count is always complete
@@ -82,6 +83,10 @@ class ShardState:
     errors_by_reason: dict = field(default_factory=dict)
     # "true<TAB>predicted" -> documents, over documents with a reference label.
     confusion: dict = field(default_factory=dict)
+    # Of those, the documents the model trained on (model card fingerprints), and the
+    # confusion over the others: figures on training documents flatter a model.
+    trained_on: int = 0
+    confusion_unseen: dict = field(default_factory=dict)
     # Documents decoded with the fallback encoding, and the first few places (source:line).
     decoded_with_fallback: int = 0
     fallback_places: list = field(default_factory=list)
@@ -170,13 +175,20 @@ def error_rows(records: pa.RecordBatch) -> list[bytes]:
     ]
 
 
-def count_into(state: ShardState, records: pa.RecordBatch, predicted: pa.Array | None) -> None:
+def count_into(
+    state: ShardState,
+    records: pa.RecordBatch,
+    predicted: pa.Array | None,
+    trained: FingerprintSet | None = None,
+) -> None:
     """Adds a batch's counts (read, scored, errors by reason, fallbacks, confusion) to `state`.
 
     Args:
       state: the shard's counts.
       records: the batch's records (`problem` set on those not scored).
       predicted: the predicted labels of the scored records, in order.
+      trained: the model's training documents (from its card), to count the
+        labelled documents it trained on apart; None when unknown.
     """
     problems = records.column("problem")
     state.read += records.num_rows
@@ -196,13 +208,22 @@ def count_into(state: ShardState, records: pa.RecordBatch, predicted: pa.Array |
             state.fallback_places.append(f"{source}:{line}")
     if predicted is None:
         return
-    true = records.filter(pc.is_null(problems)).column("label")
+    scored = records.filter(pc.is_null(problems))
+    true = scored.column("label")
     if true.null_count == len(true):
         return
     has_label = pc.is_valid(true)
     pairs = pc.binary_join_element_wise(true.filter(has_label), predicted.filter(has_label), "\t")
+    _add_counts(state.confusion, pairs)
+    if trained is not None:
+        seen = trained.contains(scored.column("text").filter(has_label).to_pylist())
+        state.trained_on += int(seen.sum())
+        _add_counts(state.confusion_unseen, pairs.filter(pa.array(~seen)))
+
+
+def _add_counts(confusion: dict, pairs: pa.Array) -> None:
     for item in pc.value_counts(pairs).to_pylist():
-        state.confusion[item["values"]] = state.confusion.get(item["values"], 0) + item["counts"]
+        confusion[item["values"]] = confusion.get(item["values"], 0) + item["counts"]
 
 
 class ShardedOutput:
@@ -220,10 +241,17 @@ class ShardedOutput:
       done: shards completed by an earlier run.
       output_format: one of the writers' formats.
       prob_keys: the `p_<class>` columns (empty without --probabilities).
+      trained: the model's training documents, for the leakage counts (None: unknown).
     """
 
     def __init__(
-        self, paths: OutputPaths, total: int, done: set[int], output_format: str, prob_keys: Sequence[str]
+        self,
+        paths: OutputPaths,
+        total: int,
+        done: set[int],
+        output_format: str,
+        prob_keys: Sequence[str],
+        trained: FingerprintSet | None = None,
     ):
         self.paths = paths
         self.num_shards = len(paths.shards)
@@ -232,6 +260,7 @@ class ShardedOutput:
         self.done = done
         self.output_format = output_format
         self.prob_keys = list(prob_keys)
+        self.trained = trained
         self.states: dict[int, ShardState] = {}
         self.first_pending = first_pending(done, self.num_shards)
         self.start = min(self.first_pending * self.size, total)
@@ -280,7 +309,7 @@ class ShardedOutput:
             )
             self._writer.write(table)
             predicted = table.column(names.PREDICTED_LABEL).combine_chunks()
-        count_into(self._state, records, predicted)
+        count_into(self._state, records, predicted, self.trained)
 
     def finish(self) -> dict[int, ShardState]:
         """Commits the open shard and any empty ones left; returns every shard's counts."""

@@ -72,8 +72,13 @@ def finish(
     ignored: Sequence[str],
     log: Callable[[str], None],
     runner: str = "tfdata",
+    leakage_note: str = "not checked",  # "" when the shards counted the training documents
 ) -> dict:
     """Joins the shards' error rows and counts into the errors file and the summary, and prints it.
+
+    With reference labels, the summary's `leakage` says how many labelled
+    documents the model trained on and gives the metrics on the others, or
+    `leakage_note` says why that is not known.
 
     Raises:
       ScoringError: the counts do not add up (a bug: nothing may be lost silently).
@@ -89,10 +94,12 @@ def finish(
         )
     reasons: Counter = Counter()
     confusion: Counter = Counter()
+    confusion_unseen: Counter = Counter()
     places: list[str] = []
     for s in stats.values():
         reasons.update(s.errors_by_reason)
         confusion.update(s.confusion)
+        confusion_unseen.update(s.confusion_unseen)
         places += s.fallback_places
     settings = job.settings()
     summary = {
@@ -125,13 +132,28 @@ def finish(
     if confusion:
         from pipeline.evaluate import classification_metrics
 
-        true, predicted = [], []
-        for key, n in confusion.items():
-            t, p = key.split("\t")
-            true += [t] * n
-            predicted += [p] * n
-        metrics = classification_metrics(true, predicted, list(label_names))
-        summary["metrics"] = {key: metrics[key] for key in ("count", "accuracy", "macro_f1", "per_class")}
+        def metrics_of(counts: Counter) -> dict:
+            true, predicted = [], []
+            for key, n in counts.items():
+                t, p = key.split("\t")
+                true += [t] * n
+                predicted += [p] * n
+            metrics = classification_metrics(true, predicted, list(label_names))
+            return {key: metrics[key] for key in ("count", "accuracy", "macro_f1", "per_class")}
+
+        metrics = metrics_of(confusion)
+        summary["metrics"] = metrics
+        labelled = metrics["count"]
+        if leakage_note:
+            summary["leakage"] = {"known": False, "note": leakage_note}
+        else:
+            trained_on = sum(s.trained_on for s in stats.values())
+            summary["leakage"] = {
+                "known": True,
+                "trained_on": trained_on,
+                "unseen": labelled - trained_on,
+                "unseen_metrics": metrics_of(confusion_unseen) if confusion_unseen else None,
+            }
     atomic_write_bytes(paths.config, tomli_w.dumps(settings).encode("utf-8"))
     atomic_write_bytes(paths.summary, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     log(format_summary(summary))
@@ -159,7 +181,22 @@ def format_summary(summary: dict) -> str:
             f"against the reference labels: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
             f"({m['count']} labelled documents)"
         )
+        lines.append(_leakage_line(summary["leakage"], m["count"]))
     outputs = summary["outputs"]
     lines.append(f"output: {outputs[0]}" + (f" ... ({len(outputs)} shards)" if len(outputs) > 1 else ""))
     lines.append(f"errors: {summary['errors_file']}")
     return "\n".join(lines)
+
+
+def _leakage_line(leakage: dict, labelled: int) -> str:
+    """Whether the figures above include documents the model trained on (they flatter it)."""
+    if not leakage["known"]:
+        return f"training documents among them: {leakage['note']}"
+    if not leakage["trained_on"]:
+        return f"none of the {labelled} labelled documents is among the model's training documents"
+    unseen = leakage["unseen_metrics"]
+    return (
+        f"warning: the model trained on {leakage['trained_on']} of these {labelled} labelled documents; "
+        f"the figures on all of them overstate it. On the {leakage['unseen']} it never saw: "
+        + (f"accuracy {unseen['accuracy']:.4f}, macro-F1 {unseen['macro_f1']:.4f}" if unseen else "none left")
+    )

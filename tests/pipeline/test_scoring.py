@@ -149,6 +149,17 @@ def test_globs_directories_and_class_folders(tmp_path, tiny_run, tiny_corpus, mo
     assert [r["label"] for r in rows] == _expected(model, texts)
     summary = json.loads((tmp_path / "folder.summary.json").read_text())
     assert summary["metrics"]["count"] == 96
+    # The folder holds the run's training documents: counted apart, with the figures on the rest.
+    trained = len(json.loads((tiny_run.run_dir / "splits.json").read_text())["train"])
+    leakage = summary["leakage"]
+    assert leakage["known"] and leakage["trained_on"] == trained and leakage["unseen"] == 96 - trained
+    assert leakage["unseen_metrics"]["count"] == 96 - trained
+    # A file of texts none of which it trained on says so.
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text('{"text": "a sentence it never saw", "label": "cooking"}\n', "utf-8")
+    assert _score(str(fresh), "--model", str(tiny_run.version_dir), "--output", str(tmp_path / "f.jsonl")) == 0
+    leakage = json.loads((tmp_path / "f.summary.json").read_text())["leakage"]
+    assert leakage == {"known": True, "trained_on": 0, "unseen": 1, "unseen_metrics": leakage["unseen_metrics"]}
 
 
 def test_bbc_folder_accuracy_and_undecodable_file(bbc_path, bbc_run, tmp_path, capsys):
