@@ -349,6 +349,39 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+# The sizing settings each architecture reads. The others stay in config.toml but change
+# nothing, so setting one explicitly for another architecture is a mistake worth a note.
+_SEQUENCE_SETTINGS = frozenset(
+    {
+        "preprocessing.max_tokens",
+        "preprocessing.sequence_length",
+        "preprocessing.padding",
+        "preprocessing.truncating",
+        "model.embedding_dim",
+        "model.dropout",
+    }
+)
+ARCH_SETTINGS: dict[str, frozenset[str]] = {
+    "bilstm": _SEQUENCE_SETTINGS | {"model.lstm_units", "model.dense_units"},
+    "cnn": _SEQUENCE_SETTINGS | {"model.cnn_filters", "model.cnn_kernel_sizes"},
+    "fasttext": _SEQUENCE_SETTINGS | {"model.ngrams"},
+    "tfidf": frozenset({"model.ngrams", "model.tfidf_max_tokens", "model.dropout"}),
+}
+_SIZING_SETTINGS = frozenset().union(*ARCH_SETTINGS.values())
+
+
+def unread_overrides(config: PipelineConfig, overrides: Sequence[str]) -> list[str]:
+    """The `--set` keys that size a network `config.model.arch` does not build (they have no effect).
+
+    An ensemble's members each read their own settings, so nothing is reported for it.
+    """
+    reads = ARCH_SETTINGS.get(config.model.arch)
+    if reads is None:
+        return []
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    return sorted({key for key in keys if key in _SIZING_SETTINGS and key not in reads})
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Resolves defaults, an optional TOML file and `--set` overrides into one config.
 

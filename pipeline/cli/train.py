@@ -15,7 +15,7 @@ from pathlib import Path
 
 from model.config import MEMBER_ARCHITECTURES
 from pipeline.cli.common import add_config_args, default_cache_dir, fail, load_config_from_args
-from pipeline.config import valid_keys
+from pipeline.config import unread_overrides, valid_keys
 
 
 def register(subparsers) -> None:
@@ -143,6 +143,12 @@ def _run_train(args) -> int:
         overrides.append(f"train.repeats={args.repeats}")
     args.overrides = overrides
     config = load_config_from_args(args)
+    for key in unread_overrides(config, overrides):
+        hint = " (its vocabulary is model.tfidf_max_tokens)" if key == "preprocessing.max_tokens" else ""
+        print(
+            f"note: model.arch={config.model.arch} does not read {key}: it has no effect{hint}.",
+            file=sys.stderr,
+        )
     run_dir = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     verbose = 0 if args.quiet else (1 if sys.stdout.isatty() else 2)
     try:

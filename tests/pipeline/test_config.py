@@ -134,3 +134,18 @@ def test_ensemble_members_take_their_own_defaults_unless_the_run_sets_a_key():
     assert tfidf.train.epochs == cnn.train.epochs == 4  # set for the ensemble: every member
     with pytest.raises(ValueError, match=r"model\.ensemble_members` must be one of"):
         load_config(None, ["model.arch=ensemble", "model.ensemble_members=['tfidf', 'ensemble']"])
+
+
+def test_a_setting_the_architecture_does_not_read_is_named():
+    from pipeline.config import ARCH_SETTINGS, ModelConfig, load_config, unread_overrides
+
+    overrides = ["model.arch=tfidf", "preprocessing.max_tokens=50", "train.epochs=1", "model.ngrams=1"]
+    assert unread_overrides(load_config(None, overrides), overrides) == ["preprocessing.max_tokens"]
+    overrides = ["model.lstm_units=8", "model.cnn_filters=16"]
+    assert unread_overrides(load_config(None, overrides), overrides) == ["model.cnn_filters"]
+    assert unread_overrides(load_config(None, ["model.arch=ensemble"]), ["model.lstm_units=8"]) == []
+    # Every sizing setting named is a real key of the config.
+    known = {f"model.{name}" for name in ModelConfig.__dataclass_fields__} | {
+        f"preprocessing.{name}" for name in ("max_tokens", "sequence_length", "padding", "truncating")
+    }
+    assert set().union(*ARCH_SETTINGS.values()) <= known
