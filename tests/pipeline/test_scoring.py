@@ -157,9 +157,16 @@ def test_globs_directories_and_class_folders(tmp_path, tiny_run, tiny_corpus, mo
     # A file of texts none of which it trained on says so.
     fresh = tmp_path / "fresh.jsonl"
     fresh.write_text('{"text": "a sentence it never saw", "label": "cooking"}\n', "utf-8")
-    assert _score(str(fresh), "--model", str(tiny_run.version_dir), "--output", str(tmp_path / "f.jsonl")) == 0
+    assert (
+        _score(str(fresh), "--model", str(tiny_run.version_dir), "--output", str(tmp_path / "f.jsonl")) == 0
+    )
     leakage = json.loads((tmp_path / "f.summary.json").read_text())["leakage"]
-    assert leakage == {"known": True, "trained_on": 0, "unseen": 1, "unseen_metrics": leakage["unseen_metrics"]}
+    assert leakage == {
+        "known": True,
+        "trained_on": 0,
+        "unseen": 1,
+        "unseen_metrics": leakage["unseen_metrics"],
+    }
 
 
 def test_bbc_folder_accuracy_and_undecodable_file(bbc_path, bbc_run, tmp_path, capsys):
