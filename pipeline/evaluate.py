@@ -19,7 +19,6 @@ from preprocessing import names
 
 if TYPE_CHECKING:  # only for annotations: importing TensorFlow here would slow every caller
     from model.export import ExportedModel
-    from pipeline.data import Dataset
 
 
 def classification_metrics(
@@ -73,11 +72,6 @@ def classification_metrics(
 def predict_labels(model: ExportedModel, texts: Sequence[str]) -> list[str]:
     """The class names an exported model's `serving_default` gives `texts`."""
     return [label.decode("utf-8") for label in model.predict(list(texts))[names.PREDICTED_LABEL]]
-
-
-def evaluate_export(model: ExportedModel, data: Dataset) -> dict:
-    """Metrics of an exported model on labelled documents, from its own `serving_default` labels."""
-    return classification_metrics(data.labels, predict_labels(model, data.texts), model.label_names)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
