@@ -109,7 +109,8 @@ def test_lost_base_path_keeps_serving_and_logs_once_per_poll(
         base.mkdir()
     add_version(tfs_testdata, base, "00000124", "00000124")
     assert wait_for(lambda: manager.available_versions("m") == [124])
-    assert states(manager) == {124: (AVAILABLE, 0), 123: (END, 0)}
+    # 123 unloads after 124 is AVAILABLE (load before unload), so it passes UNLOADING on its way to END.
+    assert wait_for(lambda: states(manager) == {124: (AVAILABLE, 0), 123: (END, 0)}), states(manager)
 
 
 # ---- retries never hold anything up --------------------------------------------------------------
