@@ -64,6 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/textserve_bench_serving"))
     parser.add_argument("--batching-config", type=Path, default=common.SHIPPED_BATCHING_CONFIG)
     parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="another batching config to measure beside --batching-config, alternated in the same "
+        "rounds (its rows are `textserve[NAME]`; the targets use --batching-config's)",
+    )
+    parser.add_argument(
         "--server-flag", action="append", default=[], help="extra textserve flag (repeatable)"
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per cell")
@@ -100,7 +108,7 @@ def _request_counts(rest_port: int) -> dict[str, int]:
 class Textserve:
     """The textserve server under test, with its monitoring page on (for its own error counts)."""
 
-    def __init__(self, export: Path, args: argparse.Namespace, workdir: Path):
+    def __init__(self, export: Path, args: argparse.Namespace, workdir: Path, batching_config: Path):
         from serving.process import ServerProcess
 
         monitoring = workdir / "monitoring.config"
@@ -109,7 +117,7 @@ class Textserve:
             f"--model_name={common.MODEL_NAME}",
             f"--model_base_path={export.resolve()}",
             "--enable_batching",
-            f"--batching_parameters_file={args.batching_config.resolve()}",
+            f"--batching_parameters_file={batching_config.resolve()}",
             f"--monitoring_config_file={monitoring}",
             *args.server_flag,
         ]
@@ -179,7 +187,11 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
         flush=True,
     )
 
-    server = Textserve(export, args, workdir)
+    server = Textserve(export, args, workdir, args.batching_config)
+    # Every textserve contender by its row label; the first is the one the targets judge.
+    servers = {"textserve": server}
+    for name, config in _candidates(args.candidate):
+        servers[f"textserve[{name}]"] = Textserve(export, args, workdir, config)
     running: dict[str, peers.PeerServer] = {}
     cells: dict[str, dict] = {}
     in_process_rounds: list[dict] = []
@@ -187,8 +199,9 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
     try:
         body_rest, body_grpc = load.rest_body(document), load.grpc_predict_body(document)
         for _ in range(2):  # warm every path (callables per batch size, connections) off the clock
-            load.run_wrk(server.rest_url, body_rest, 64, 2, workdir)
-            load.run_h2load(server.grpc_target, body_grpc, 64, 2, workdir)
+            for contender in servers.values():
+                load.run_wrk(contender.rest_url, body_rest, 64, 2, workdir)
+                load.run_h2load(contender.grpc_target, body_grpc, 64, 2, workdir)
         memory["rss_after_warmup_mib"] = common.rss_mib(server.pid)
         served = _served_label(server)
         if args.peers != ["none"]:
@@ -206,19 +219,13 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
             in_process_rounds.append(measured)
             for concurrency in args.concurrency:
                 for transport in ("rest", "grpc"):
-                    before, cpu0 = _request_counts(server.process.rest_port), common.cpu_seconds(server.pid)
-                    if transport == "rest":
-                        cell = load.run_wrk(server.rest_url, body_rest, concurrency, args.seconds, workdir)
-                    else:
-                        cell = load.run_h2load(
-                            server.grpc_target, body_grpc, concurrency, args.seconds, workdir
+                    for label, contender in servers.items():
+                        body = body_rest if transport == "rest" else body_grpc
+                        result = _measure_textserve(
+                            contender, label, transport, body, concurrency, args, workdir
                         )
-                    cpu = common.cpu_seconds(server.pid) - cpu0
-                    failed, mean_batch = server.since(before)
-                    cell.errors += failed
-                    result = _measured(cell, "textserve", transport, concurrency, cpu, mean_batch=mean_batch)
-                    _keep_best(cells, f"textserve/{transport}/{concurrency}", result)
-                    _print_cell(index, result)
+                        _keep_best(cells, f"{label}/{transport}/{concurrency}", result)
+                        _print_cell(index, result)
             for transport in ("grpc", "rest"):
                 target = server.grpc_target if transport == "grpc" else server.process.rest_url
                 cpu0 = common.cpu_seconds(server.pid)
@@ -251,7 +258,8 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
     finally:
         for peer in running.values():
             peer.stop()
-        server.process.stop()
+        for contender in servers.values():
+            contender.process.stop()
         model.close()
     by_batch = {
         str(size): max((r["by_batch"][size] for r in in_process_rounds), key=lambda row: row["docs_per_s"])
@@ -266,6 +274,7 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
         "seconds": args.seconds,
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "batching_parameters": args.batching_config.read_text(),
+        "candidates": {name: config.read_text() for name, config in _candidates(args.candidate)},
         "server_command": server.process.args,
         "labels": {"in_process": model.label, "textserve": served},
         "in_process": {
@@ -282,6 +291,40 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
     report.annotate(result)
     result["targets"] = report.targets(result)
     return result
+
+
+def _candidates(specs: list[str]) -> list[tuple[str, Path]]:
+    """`--candidate NAME=FILE` values as (name, path); exits with a message on a malformed one."""
+    out = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise SystemExit(
+                f"--candidate {spec!r}: expected NAME=FILE with an existing batching config file"
+            )
+        out.append((name, Path(path)))
+    return out
+
+
+def _measure_textserve(
+    server: Textserve,
+    label: str,
+    transport: str,
+    body: bytes,
+    concurrency: int,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict:
+    """One cell of C programs' load on a textserve contender, with its CPU, errors and mean batch."""
+    before, cpu0 = _request_counts(server.process.rest_port), common.cpu_seconds(server.pid)
+    if transport == "rest":
+        cell = load.run_wrk(server.rest_url, body, concurrency, args.seconds, workdir)
+    else:
+        cell = load.run_h2load(server.grpc_target, body, concurrency, args.seconds, workdir)
+    cpu = common.cpu_seconds(server.pid) - cpu0
+    failed, mean_batch = server.since(before)
+    cell.errors += failed
+    return _measured(cell, label, transport, concurrency, cpu, mean_batch=mean_batch)
 
 
 def _served_label(server: Textserve) -> str:
@@ -321,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load.require_tools()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    _candidates(args.candidate)  # fail before training or loading anything
     document = common.pick_document(args.data)
     exports = args.model or [common.train_model(args.data, args.workdir / "train" / a, a) for a in args.arch]
     for export in exports:

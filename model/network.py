@@ -5,7 +5,9 @@ Architectures, chosen by `model.arch`:
 * `bilstm`: the BBC News tutorial's network: Embedding(64) → Bidirectional
   LSTM(64) → Dense(64, relu) → softmax over the classes, on 200 token ids. The
   embedding masks padding (id 0), so the backward LSTM does not start with a
-  run of padding on short documents.
+  run of padding on short documents. By default (`model.lstm_pooling = "mean"`)
+  the Dense layer reads the LSTM's outputs averaged over the real tokens;
+  `"last"` is the tutorial's final states.
 * `cnn`: Kim (2014)'s sentence CNN on token ids: Embedding → parallel 1-D
   convolutions of several widths (3, 4, 5 words) → max over time → dropout →
   softmax. Each filter detects one phrase wherever it occurs.
@@ -47,7 +49,13 @@ def build_bilstm(vocab_size: int, sequence_length: int, num_classes: int, config
     x = keras.layers.Embedding(vocab_size, config.embedding_dim, mask_zero=True, name="embedding")(ids)
     # Dropping whole embedding channels regularises; ~1,700 documents overfit fast.
     x = keras.layers.SpatialDropout1D(config.dropout, name="embedding_dropout")(x)
-    x = keras.layers.Bidirectional(keras.layers.LSTM(config.lstm_units), name="bilstm")(x)
+    if config.lstm_pooling == "mean":
+        # Every step's output, averaged over the real tokens (the mask drops padding).
+        lstm = keras.layers.LSTM(config.lstm_units, return_sequences=True)
+        x = keras.layers.Bidirectional(lstm, name="bilstm")(x)
+        x = keras.layers.GlobalAveragePooling1D(name="mean_over_time")(x)
+    else:
+        x = keras.layers.Bidirectional(keras.layers.LSTM(config.lstm_units), name="bilstm")(x)
     x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
     probabilities = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(ids, probabilities, name="bilstm")

@@ -362,7 +362,7 @@ _SEQUENCE_SETTINGS = frozenset(
     }
 )
 ARCH_SETTINGS: dict[str, frozenset[str]] = {
-    "bilstm": _SEQUENCE_SETTINGS | {"model.lstm_units", "model.dense_units"},
+    "bilstm": _SEQUENCE_SETTINGS | {"model.lstm_units", "model.dense_units", "model.lstm_pooling"},
     "cnn": _SEQUENCE_SETTINGS | {"model.cnn_filters", "model.cnn_kernel_sizes"},
     "fasttext": _SEQUENCE_SETTINGS | {"model.ngrams"},
     "tfidf": frozenset({"model.ngrams", "model.tfidf_max_tokens", "model.dropout"}),

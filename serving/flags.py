@@ -169,6 +169,12 @@ class ServerOptions:
         "run a batch at once when its model is idle and it holds as many rows as the model's last batch, "
         "instead of waiting batch_timeout_micros (a lone request after a lone one never waits)",
     )
+    python_switch_interval_micros: int = flag(
+        "int32",
+        1000,
+        "how long one thread may hold Python's GIL while another waits for it (sys.setswitchinterval; "
+        "Python's own default is 5000): a batch thread back from the model gets it sooner",
+    )
     max_rows_per_session_run: int = flag(
         "int64", 1024, "without batching, run larger requests in slices of this many rows (0: no limit)"
     )
@@ -263,6 +269,10 @@ class ServerOptions:
             raise invalid_argument(
                 "server_options.batching_parameters_file is set without setting "
                 "server_options.enable_batching to true."
+            )
+        if self.python_switch_interval_micros <= 0:
+            raise invalid_argument(
+                f"--python_switch_interval_micros must be positive, received {self.python_switch_interval_micros}"
             )
         if self.use_alts_credentials and self.ssl_config_file:
             raise invalid_argument(

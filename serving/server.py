@@ -187,6 +187,11 @@ def _serve(options) -> int:
     if options.platform_config_file:
         log.warning("--platform_config_file is accepted but not applied by this server")
 
+    # The event loop holds the GIL while it parses and encodes; a batch thread whose session run
+    # has ended waits for it before it can answer and take the next batch, and the model idles
+    # meanwhile. At Python's 5 ms that wait capped TF-IDF REST at c=64 28% lower than at 1 ms
+    # (benchmarks/README.md, "Choosing the GIL switch interval").
+    sys.setswitchinterval(options.python_switch_interval_micros / 1e6)
     metrics = Metrics()
     try:
         manager = model_manager.ModelManager(options, metrics)

@@ -76,3 +76,20 @@ def test_ensemble_exports_one_graph_that_averages_its_members(tmp_path):
     np.testing.assert_allclose(outputs["probabilities"], (each[0] + each[1]) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="at least two members"):
         EnsembleClassifier(members[:1])
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_bilstm_output_does_not_depend_on_how_much_padding_follows_the_text(pooling):
+    from model.network import build_bilstm
+
+    config = ModelConfig(embedding_dim=8, lstm_units=4, dense_units=4, lstm_pooling=pooling)
+    short = build_bilstm(50, 12, 2, config)
+    long = build_bilstm(50, 20, 2, config)
+    long.set_weights(short.get_weights())  # the length sizes no weight
+    text = [5, 6, 7, 8]
+    padded_12 = np.array([text + [0] * 8])
+    padded_20 = np.array([text + [0] * 16])
+    np.testing.assert_allclose(short(padded_12).numpy(), long(padded_20).numpy(), atol=1e-6)
+    # ...while the text itself matters: padding is ignored, tokens are not.
+    other = np.array([[9, 9, 9, 9] + [0] * 8])
+    assert np.abs(short(padded_12).numpy() - short(other).numpy()).max() > 1e-6

@@ -234,6 +234,10 @@ def test_bad_config_file_reports_tf_servings_phrase(tmp_path):
             ["--model_base_path=/m", "--use_alts_credentials", "--ssl_config_file=/ssl.config"],
             "Either use_alts_credentials must be false or ssl_config_file must be empty.",
         ),
+        (
+            ["--model_base_path=/m", "--python_switch_interval_micros=0"],
+            "--python_switch_interval_micros must be positive, received 0",
+        ),
     ],
 )
 def test_cross_flag_rules(arguments, message):
