@@ -24,15 +24,16 @@ its test or push.
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -69,16 +70,31 @@ def _flag_value(args: Sequence[str], name: str) -> str | None:
     return None
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook that kills the child when this process dies (Linux), or None elsewhere.
+# Run in the child, in place of a pre-exec hook: asks Linux to SIGKILL the child when this
+# process dies (PR_SET_PDEATHSIG = 1, kept across execve), then execs the server. A pre-exec
+# hook makes CPython run the at-fork handlers in the child, and gRPC's, with gRPC busy on other
+# threads of the parent (a test hammering a server, say), start a poller whose epoll fd the
+# child then closes before exec: the child aborts (SIGABRT) in 1–2% of spawns.
+_EXEC_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(1)  # the parent died before prctl: nobody will stop this server\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
-    libc is loaded here, in the parent: loading a library between fork and exec
-    can deadlock in a process with threads.
+
+def _launcher(program: str) -> list[str]:
+    """What to put before the server's command line so it dies with this process (Linux).
+
+    Raises:
+      FileNotFoundError: `program` is not a file or on PATH (as Popen would).
     """
     if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        return []
+    if shutil.which(program) is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", program)
+    return [sys.executable, "-S", "-c", _EXEC_WITH_PARENT, str(os.getpid())]
 
 
 class ServerError(RuntimeError):
@@ -161,7 +177,7 @@ class ServerProcess:
         program = list(command) if command else [sys.executable, "-m", "serving"]
         log = open(log_path, "a", encoding="utf-8") if log_path else None
         proc = subprocess.Popen(
-            [*program, *args],
+            [*_launcher(program[0]), *program, *args],
             cwd=cwd,
             env=dict(env) if env is not None else server_env(),
             stdin=subprocess.DEVNULL,
@@ -169,7 +185,6 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            preexec_fn=_die_with_parent(),
         )
         server = cls(proc, [*program, *args], grpc_port, rest_port, log)
         if ready_text is None:
