@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import urllib.request
@@ -66,10 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--candidate",
         action="append",
+        type=_candidate,
         default=[],
-        metavar="NAME=FILE",
-        help="another batching config to measure beside --batching-config, alternated in the same "
-        "rounds (its rows are `textserve[NAME]`; the targets use --batching-config's)",
+        metavar="NAME=FLAGS",
+        help="another textserve to measure in the same rounds, started with these extra flags after the "
+        "shipped ones (a later flag wins), e.g. 1thread=--batching_parameters_file=F or "
+        "'gil5ms=--python_switch_interval_micros=5000'; its rows are `textserve[NAME]`, and the "
+        "targets judge the shipped server (repeatable)",
     )
     parser.add_argument(
         "--server-flag", action="append", default=[], help="extra textserve flag (repeatable)"
@@ -108,7 +112,7 @@ def _request_counts(rest_port: int) -> dict[str, int]:
 class Textserve:
     """The textserve server under test, with its monitoring page on (for its own error counts)."""
 
-    def __init__(self, export: Path, args: argparse.Namespace, workdir: Path, batching_config: Path):
+    def __init__(self, export: Path, args: argparse.Namespace, workdir: Path, extra_flags: list[str]):
         from serving.process import ServerProcess
 
         monitoring = workdir / "monitoring.config"
@@ -117,9 +121,10 @@ class Textserve:
             f"--model_name={common.MODEL_NAME}",
             f"--model_base_path={export.resolve()}",
             "--enable_batching",
-            f"--batching_parameters_file={batching_config.resolve()}",
+            f"--batching_parameters_file={args.batching_config.resolve()}",
             f"--monitoring_config_file={monitoring}",
             *args.server_flag,
+            *extra_flags,
         ]
         self.process = ServerProcess.start(flags, cwd=REPO_ROOT, env=common.quiet_env(), timeout_s=600)
         self.pid = self.process.pid
@@ -187,11 +192,11 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
         flush=True,
     )
 
-    server = Textserve(export, args, workdir, args.batching_config)
+    server = Textserve(export, args, workdir, [])
     # Every textserve contender by its row label; the first is the one the targets judge.
     servers = {"textserve": server}
-    for name, config in _candidates(args.candidate):
-        servers[f"textserve[{name}]"] = Textserve(export, args, workdir, config)
+    for name, flags in args.candidate:
+        servers[f"textserve[{name}]"] = Textserve(export, args, workdir, flags)
     running: dict[str, peers.PeerServer] = {}
     cells: dict[str, dict] = {}
     in_process_rounds: list[dict] = []
@@ -274,7 +279,7 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
         "seconds": args.seconds,
         "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "batching_parameters": args.batching_config.read_text(),
-        "candidates": {name: config.read_text() for name, config in _candidates(args.candidate)},
+        "candidates": dict(args.candidate),
         "server_command": server.process.args,
         "labels": {"in_process": model.label, "textserve": served},
         "in_process": {
@@ -293,17 +298,13 @@ def bench_export(export: Path, args: argparse.Namespace, document: str) -> dict:
     return result
 
 
-def _candidates(specs: list[str]) -> list[tuple[str, Path]]:
-    """`--candidate NAME=FILE` values as (name, path); exits with a message on a malformed one."""
-    out = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not Path(path).is_file():
-            raise SystemExit(
-                f"--candidate {spec!r}: expected NAME=FILE with an existing batching config file"
-            )
-        out.append((name, Path(path)))
-    return out
+def _candidate(spec: str) -> tuple[str, list[str]]:
+    """One `--candidate NAME=FLAGS` as (name, flags); argparse reports a malformed one."""
+    name, sep, text = spec.partition("=")
+    flags = shlex.split(text)
+    if not sep or not name or not flags or not all(flag.startswith("--") for flag in flags):
+        raise argparse.ArgumentTypeError(f"expected NAME=--flag[=value] ..., received {spec!r}")
+    return name, flags
 
 
 def _measure_textserve(
@@ -364,7 +365,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load.require_tools()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    _candidates(args.candidate)  # fail before training or loading anything
     document = common.pick_document(args.data)
     exports = args.model or [common.train_model(args.data, args.workdir / "train" / a, a) for a in args.arch]
     for export in exports:
