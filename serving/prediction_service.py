@@ -40,6 +40,7 @@ SIGNATURE_DEF_FIELD = "signature_def"
 _NO_DEADLINE_S = 1e8
 # Requests larger than this are decoded on a worker thread, not on the event loop.
 _DECODE_OFF_LOOP_BYTES = 1 << 20
+SHUTTING_DOWN_MESSAGE = "Server is shutting down; send the request to another replica"
 
 Response = TypeVar("Response")
 
@@ -85,6 +86,37 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.dataplane = dataplane
         self.metrics = metrics
         self.budget = budget
+        self.refusing = False
+        self.last_refusal = 0.0  # time.monotonic() of the last call refused while refusing
+
+    def refuse_new_calls(self) -> None:
+        """From now on every new call is answered UNAVAILABLE; calls already running finish.
+
+        This is the first step of the drain: grpc core cancels (CANCELLED, not
+        UNAVAILABLE) a call that has arrived but that the server has not picked up yet
+        when `server.stop()` begins (grpc/grpc#41785), and a CANCELLED call is one
+        that retry policies do not retry. Answering UNAVAILABLE first lets the clients
+        go elsewhere before `stop()` runs.
+        """
+        self.refusing = True
+        self.last_refusal = time.monotonic()
+
+    async def wait_until_no_calls_arrive(self, quiet_s: float, timeout_s: float) -> None:
+        """Returns once no call has been refused for `quiet_s`, or after `timeout_s`."""
+        give_up = time.monotonic() + timeout_s
+        while True:
+            now = time.monotonic()
+            if now - self.last_refusal >= quiet_s or now >= give_up:
+                return
+            await asyncio.sleep(min(quiet_s, give_up - now))
+
+    async def _refuse(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
+        self.last_refusal = time.monotonic()
+        if self.metrics is not None and method != "GetModelMetadata":
+            spec = request.tasks[0].model_spec if method == "MultiInference" and request.tasks else None
+            model_name = (spec or getattr(request, "model_spec", None) or model_pb2.ModelSpec()).name
+            self.metrics.record_request(model_name, method, "GRPC", "UNAVAILABLE", 0.0)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
 
     async def _serve(
         self,
@@ -215,13 +247,18 @@ def _lenient_parser(request_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def _refusing_undecodable(method: Callable, request_type: Any) -> Callable:
+def _entry(servicer: PredictionServicer, name: str, request_type: Any) -> Callable:
+    """The handler of method `name`: refuses while draining and undecodable bytes, else serves."""
+    method = getattr(servicer, name)
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Undecodable):
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 f"Exception deserializing request: not a {request_type.DESCRIPTOR.full_name} ({request.error})",
             )
+        if servicer.refusing:
+            await servicer._refuse(name, request, context)
         return await method(request, context)
 
     return handle
@@ -242,7 +279,7 @@ def add_prediction_service(
     servicer = PredictionServicer(manager, dataplane, metrics, budget)
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _refusing_undecodable(getattr(servicer, name), request_type),
+            _entry(servicer, name, request_type),
             request_deserializer=_lenient_parser(request_type),
             response_serializer=lambda response: response.SerializeToString(),
         )

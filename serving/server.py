@@ -18,8 +18,9 @@ Both front ends run on one asyncio event loop (uvloop when installed: the
 while it waits for its batch; session runs happen on the batch threads (or on
 worker threads without batching).
 
-SIGTERM or SIGINT drains: health turns NOT_SERVING, the listening sockets
-close, gRPC sends GOAWAY, REST answers carry `Connection: close`, the requests
+SIGTERM or SIGINT drains: health turns NOT_SERVING, new gRPC predictions are
+answered UNAVAILABLE until clients stop sending them (at most 1 s), the listening
+sockets close, gRPC sends GOAWAY, REST answers carry `Connection: close`, the requests
 in flight finish within `--drain_grace_period_s` (20 s by default, so that with
 Kubernetes' 5 s preStop sleep it ends inside the default 30 s
 terminationGracePeriodSeconds), and the process exits 0.
@@ -32,6 +33,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 
 # Printed to stderr when every port answers (tests/serving/conftest.py waits for it).
 READY_MESSAGE = "textserve model server is ready"
@@ -44,6 +46,10 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 # handler, which answers it at once (UNAVAILABLE when the batch queue is full),
 # so the calls held here stay few and short-lived.
 MAX_PENDING_GRPC_CALLS = 1 << 16
+# The drain refuses new gRPC predictions until none has arrived for this long, at
+# most for the second bound, before it stops the gRPC server (see _drain_grpc).
+_QUIET_BEFORE_STOP_S = 0.1
+_MAX_REFUSING_S = 1.0
 
 log = logging.getLogger("serving.server")
 
@@ -238,6 +244,18 @@ def _serve(options) -> int:
         loop.close()
 
 
+async def _drain_grpc(server, predictions, grace: float) -> None:
+    """Refuses new predictions until clients stop sending them, then stops within `grace`.
+
+    Calls already running finish either way; the first step only keeps grpc core
+    from cancelling calls that arrive as `stop()` begins (see `refuse_new_calls`).
+    """
+    start = time.monotonic()
+    predictions.refuse_new_calls()
+    await predictions.wait_until_no_calls_arrive(_QUIET_BEFORE_STOP_S, min(grace, _MAX_REFUSING_S))
+    await server.stop(max(0.0, grace - (time.monotonic() - start)))
+
+
 async def _run_front_ends(options, manager, dataplane, metrics, channel_arguments) -> int:
     """Opens gRPC and REST on the running loop, waits for SIGTERM/SIGINT, drains."""
     import grpc
@@ -260,7 +278,7 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
             *channel_arguments,  # after ours: the user's values win
         ],
     )
-    add_prediction_service(server, manager, dataplane, metrics, budget)
+    predictions = add_prediction_service(server, manager, dataplane, metrics, budget)
     add_model_service(server, manager)
     health = await _add_health_service(server) if options.enable_grpc_healthcheck_service else None
     addresses = []
@@ -335,7 +353,7 @@ async def _run_front_ends(options, manager, dataplane, metrics, channel_argument
     )
     if health is not None:
         await health.enter_graceful_shutdown()  # NOT_SERVING: load balancers stop sending
-    drains = [server.stop(grace)]
+    drains = [_drain_grpc(server, predictions, grace)]
     if rest_server is not None:
         drains.append(rest_server.drain(grace))
     await asyncio.gather(*drains)
