@@ -365,7 +365,9 @@ ARCH_SETTINGS: dict[str, frozenset[str]] = {
     "bilstm": _SEQUENCE_SETTINGS | {"model.lstm_units", "model.dense_units", "model.lstm_pooling"},
     "cnn": _SEQUENCE_SETTINGS | {"model.cnn_filters", "model.cnn_kernel_sizes"},
     "fasttext": _SEQUENCE_SETTINGS | {"model.ngrams"},
-    "tfidf": frozenset({"model.ngrams", "model.tfidf_max_tokens", "model.dropout"}),
+    "tfidf": frozenset(
+        {"model.ngrams", "model.tfidf_max_tokens", "model.tfidf_sublinear_tf", "model.dropout"}
+    ),
 }
 _SIZING_SETTINGS = frozenset().union(*ARCH_SETTINGS.values())
 

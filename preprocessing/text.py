@@ -163,6 +163,55 @@ class SequenceFitter(keras.layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="textserve")
+class TfIdfWeighting(keras.layers.Layer):
+    """Term counts → TF-IDF weights, the IDF learned by `adapt` from the training documents.
+
+    `idf(t) = ln(1 + N / (1 + df(t)))`, the formula of Keras' `TextVectorization`, where N
+    is the number of training documents and df(t) the number that contain t. With
+    `sublinear_tf` a count c > 0 weighs `1 + ln c` (scikit-learn's `sublinear_tf`), so
+    the twentieth "shares" in an article adds less than the second: on BBC that took the
+    linear model from 0.9815 to 0.9863 mean accuracy over 5 splits (benchmarks/README.md).
+
+    Args:
+      sublinear_tf: weigh counts as `1 + ln c` (True) or as they are (False).
+    """
+
+    def __init__(self, sublinear_tf: bool = True, **kwargs):
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.sublinear_tf = bool(sublinear_tf)
+
+    def build(self, input_shape):
+        self.idf = self.add_weight(shape=(input_shape[-1],), initializer="zeros", trainable=False, name="idf")
+
+    def adapt(self, counts: tf.data.Dataset) -> None:
+        """Learns the IDF from batches of term counts `[batch, vocabulary]`, one row per document."""
+        documents = 0
+        containing = None
+        for batch in counts:
+            present = tf.reduce_sum(tf.cast(batch > 0, tf.float64), axis=0)
+            containing = present if containing is None else containing + present
+            documents += int(batch.shape[0])
+        if containing is None:
+            raise ValueError("TfIdfWeighting.adapt() needs at least one document.")
+        if not self.built:
+            self.build(tuple(containing.shape))
+        self.idf.assign(tf.cast(tf.math.log1p(documents / (1.0 + containing)), self.idf.dtype))
+
+    def call(self, counts):
+        counts = tf.cast(counts, self.compute_dtype)  # TextVectorization counts in int64
+        if self.sublinear_tf:
+            counts = tf.where(counts > 0, 1.0 + tf.math.log(tf.maximum(counts, 1.0)), 0.0)
+        return counts * self.idf
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "sublinear_tf": self.sublinear_tf}
+
+
 def make_vectorizer(
     max_tokens: int, output_mode: str = "int", ngrams: int | None = None
 ) -> keras.layers.TextVectorization:
@@ -174,15 +223,16 @@ def make_vectorizer(
 
     Args:
       max_tokens: vocabulary size limit, padding and OOV included.
-      output_mode: "int" for ragged token ids (sequence models) or "tf_idf".
-      ngrams: n-gram order for "tf_idf" (e.g. 2 for unigrams and bigrams).
+      output_mode: "int" for ragged token ids (sequence models) or "count" for
+        term counts per document (which `TfIdfWeighting` turns into TF-IDF).
+      ngrams: n-gram order (e.g. 2 for unigrams and bigrams).
 
     Returns:
       An unadapted `TextVectorization` layer.
     """
     if max_tokens < 3:
         raise ValueError(f"`max_tokens` must be at least 3 (padding, OOV, one word), received {max_tokens}.")
-    check_choice("output_mode", output_mode, ("int", "tf_idf"))
+    check_choice("output_mode", output_mode, ("int", "count"))
     return keras.layers.TextVectorization(
         max_tokens=max_tokens,
         standardize=None,

@@ -1,11 +1,21 @@
 """Text standardisation, stopwords and sequence fitting, on tiny literal inputs."""
 
+import math
+
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
 from preprocessing import names
-from preprocessing.text import SequenceFitter, TextStandardizer, load_stopwords, make_vectorizer, normalize
+from preprocessing.text import (
+    SequenceFitter,
+    TextStandardizer,
+    TfIdfWeighting,
+    load_stopwords,
+    make_vectorizer,
+    normalize,
+)
 
 
 def _strings(tensor) -> list[str]:
@@ -67,9 +77,52 @@ def test_vectorizer_reserves_padding_and_oov():
     assert vectorizer(tf.constant(["a c zz"])).to_list() == [[2, 1, 1]]
 
 
+def _adapted_counts(corpus: list[str]):
+    vectorizer = make_vectorizer(10, "count")
+    vectorizer.adapt(tf.constant(corpus))
+    return vectorizer, tf.data.Dataset.from_tensor_slices(corpus).batch(2).map(vectorizer)
+
+
+def test_tfidf_weighting_learns_idf_and_damps_repeated_terms():
+    corpus = ["a a a b", "b c", "c", "c d"]  # df: a 1, b 2, c 3, d 1 over 4 documents
+    vectorizer, counts = _adapted_counts(corpus)
+    column = {term: i for i, term in enumerate(vectorizer.get_vocabulary())}
+    idf = {term: math.log(1 + 4 / (1 + df)) for term, df in {"a": 1, "b": 2, "c": 3, "d": 1}.items()}
+
+    sublinear = TfIdfWeighting(sublinear_tf=True)
+    sublinear.adapt(counts)
+    row = sublinear(vectorizer(tf.constant(["a a a b zz"]))).numpy()[0]
+    assert row[column["a"]] == pytest.approx((1 + math.log(3)) * idf["a"], rel=1e-6)
+    assert row[column["b"]] == pytest.approx(idf["b"], rel=1e-6)
+    assert row[column["c"]] == row[column["d"]] == 0.0  # absent terms weigh nothing
+    assert row[column[names.OOV_TOKEN]] == pytest.approx(math.log(1 + 4 / 1), rel=1e-6)  # no OOV in training
+
+    raw = TfIdfWeighting(sublinear_tf=False)
+    raw.adapt(counts)
+    assert raw(vectorizer(tf.constant(["a a a b"]))).numpy()[0][column["a"]] == pytest.approx(3 * idf["a"])
+
+
+def test_tfidf_weighting_without_sublinear_counts_matches_keras_tf_idf():
+    corpus = ["a a a b", "b c", "c", "c d"]
+    vectorizer, counts = _adapted_counts(corpus)
+    weighting = TfIdfWeighting(sublinear_tf=False)
+    weighting.adapt(counts)
+    keras_tfidf = keras.layers.TextVectorization(max_tokens=10, standardize=None, output_mode="tf_idf")
+    keras_tfidf.adapt(tf.constant(corpus))
+    assert keras_tfidf.get_vocabulary() == vectorizer.get_vocabulary()
+    texts = tf.constant(["a a b c", "d d d"])
+    ours, theirs = weighting(vectorizer(texts)).numpy(), keras_tfidf(texts).numpy()
+    np.testing.assert_allclose(ours[:, 2:], theirs[:, 2:], rtol=1e-6)  # the terms (not padding or OOV)
+
+
+def test_tfidf_weighting_refuses_an_empty_corpus():
+    with pytest.raises(ValueError, match="at least one document"):
+        TfIdfWeighting().adapt(tf.data.Dataset.from_tensor_slices(tf.zeros([0, 3])).batch(2))
+
+
 @pytest.mark.parametrize(
     "layer",
-    [TextStandardizer(["the", "a"]), SequenceFitter(7, "pre", "post")],
+    [TextStandardizer(["the", "a"]), SequenceFitter(7, "pre", "post"), TfIdfWeighting(sublinear_tf=False)],
     ids=lambda layer: type(layer).__name__,
 )
 def test_layer_config_round_trip(layer):
