@@ -47,6 +47,11 @@ def test_file_then_overrides(tmp_path):
 def test_architecture_defaults_apply_unless_set():
     assert load_config(None, ["model.arch=tfidf"]).train.learning_rate == 0.05
     assert load_config(None, ["model.arch=tfidf", "train.learning_rate=0.2"]).train.learning_rate == 0.2
+    # The BiLSTM's batch of 16 is its own measured default; the others keep the 32 they were measured at.
+    assert load_config(None, []).train.batch_size == 16
+    assert {
+        load_config(None, [f"model.arch={a}"]).train.batch_size for a in ("cnn", "fasttext", "tfidf")
+    } == {32}
 
 
 def test_unknown_key_lists_valid_keys():
