@@ -190,7 +190,8 @@ class TextClassifier:
 
     def adapt(self, texts: tf.data.Dataset) -> None:
         """Learns the vocabulary (and IDF weights) from raw training texts, then builds the network."""
-        standardized = texts.map(self.standardizer, num_parallel_calls=tf.data.AUTOTUNE)
+        # Cached: the TF-IDF weighting reads the standardised texts a second time.
+        standardized = texts.map(self.standardizer, num_parallel_calls=tf.data.AUTOTUNE).cache()
         self.vectorizer.adapt(standardized)
         if self.weighting is not None:
             self.weighting.adapt(standardized.map(self.vectorizer, num_parallel_calls=tf.data.AUTOTUNE))

@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.dataplane import DataPlane, RunPlan, make_model_spec
-from serving.errors import ServingError, abort_grpc, as_serving_error, invalid_argument
+from serving.errors import ServingError, abort_grpc, as_serving_error, invalid_argument, unavailable
 from serving.memory import InputBudget
 
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -110,14 +110,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 return
             await asyncio.sleep(min(quiet_s, give_up - now))
 
-    async def _refuse(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
-        self.last_refusal = time.monotonic()
-        if self.metrics is not None and method != "GetModelMetadata":
-            spec = request.tasks[0].model_spec if method == "MultiInference" and request.tasks else None
-            model_name = (spec or getattr(request, "model_spec", None) or model_pb2.ModelSpec()).name
-            self.metrics.record_request(model_name, method, "GRPC", "UNAVAILABLE", 0.0)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
-
     async def _serve(
         self,
         api: str,
@@ -126,10 +118,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         body: Callable[[float | None], Awaitable[Response]],
         record: bool = True,
     ) -> Response:
-        """Awaits `body(deadline)`; maps any failure to a gRPC status; records metrics."""
+        """Awaits `body(deadline)` (UNAVAILABLE while refusing); maps failures to a gRPC status; records metrics."""
         start = time.perf_counter()
         status = grpc.StatusCode.OK
         try:
+            if self.refusing:
+                self.last_refusal = time.monotonic()
+                raise unavailable(SHUTTING_DOWN_MESSAGE)
             return await body(_deadline(context))
         except asyncio.CancelledError:
             status = grpc.StatusCode.CANCELLED  # the client went away; its rows left the queue
@@ -247,18 +242,13 @@ def _lenient_parser(request_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
-def _entry(servicer: PredictionServicer, name: str, request_type: Any) -> Callable:
-    """The handler of method `name`: refuses while draining and undecodable bytes, else serves."""
-    method = getattr(servicer, name)
-
+def _refusing_undecodable(method: Callable, request_type: Any) -> Callable:
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Undecodable):
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 f"Exception deserializing request: not a {request_type.DESCRIPTOR.full_name} ({request.error})",
             )
-        if servicer.refusing:
-            await servicer._refuse(name, request, context)
         return await method(request, context)
 
     return handle
@@ -279,7 +269,7 @@ def add_prediction_service(
     servicer = PredictionServicer(manager, dataplane, metrics, budget)
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _entry(servicer, name, request_type),
+            _refusing_undecodable(getattr(servicer, name), request_type),
             request_deserializer=_lenient_parser(request_type),
             response_serializer=lambda response: response.SerializeToString(),
         )
